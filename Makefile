@@ -1,0 +1,40 @@
+# Every target sets itself up from a fresh clone: it creates .venv and installs into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# PyTorch: the CPU wheel by default (CI, laptops). With a GPU, install PyTorch into .venv
+# your usual way first; an importable torch is kept as it is.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed-dev
+NB_TIMEOUT ?= 300
+
+.PHONY: lessons test lab bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+## make lessons: execute every lesson and demo; executed notebooks + HTML go to build/
+lessons: $(STAMP)
+	$(PY) tools/run_notebooks.py lessons toy --out build --timeout $(NB_TIMEOUT)
+
+## make test: unit and statistical tests, then every notebook under nbval
+test: $(STAMP)
+	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --timeout=900 -p no:cacheprovider
+
+## make lab: JupyterLab on the lessons
+lab: $(STAMP)
+	$(PY) -m jupyter lab --notebook-dir=.
+
+## make bench: benchmarks that print ratios measured side by side
+bench: $(STAMP)
+	$(PY) bench/threads.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check scorelab tests bench tools
+	$(PY) -m ruff format --check scorelab tests bench tools
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,84 @@
+"""Argument checks and small shared helpers (one definition each, imported everywhere)."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+
+
+def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append trailing singleton dims so a per-sample `(batch,)` tensor broadcasts over `ndim` dims."""
+    if v.ndim > ndim:
+        raise ValueError(f"cannot broadcast a {v.ndim}-d tensor over {ndim} dims")
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def as_generator(generator, device=None) -> torch.Generator | None:
+    """Accept `None`, an int seed or a `torch.Generator`; return a generator (or None)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        g = torch.Generator(device=device if device is not None else "cpu")
+        g.manual_seed(generator)
+        return g
+    raise TypeError(f"generator must be None, an int seed or a torch.Generator, got {type(generator).__name__}")
+
+
+def check_callable(name: str, fn) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable (x -> score), got {type(fn).__name__}")
+
+
+def check_tensor(name: str, x, min_dim: int = 1) -> torch.Tensor:
+    """`x` must be a finite floating tensor with at least `min_dim` dims."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dims (batch first), got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
+def check_positive(name: str, value, allow_tensor: bool = True):
+    """A positive finite float, or (if allowed) a tensor of positive finite values."""
+    if isinstance(value, torch.Tensor) and allow_tensor:
+        if not value.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+        if not (torch.isfinite(value).all() and (value > 0).all()):
+            raise ValueError(f"{name} must be positive and finite, got {value}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    return float(value)
+
+
+def check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(map(str, choices))}, got {value!r}")
+
+
+def check_bounds(bounds):
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise TypeError(f"bounds must be a pair (low, high), got {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
+    return lo, hi

@@ -1,0 +1,225 @@
+"""Gaussian mixtures with exact log-densities, scores and posterior means, and energies.
+
+Every experiment in scorelab is checked against these closed forms: the score of a
+mixture is known exactly, and so is the score of the mixture after adding Gaussian
+noise (another mixture), which is what makes Tweedie's formula, denoising score
+matching and the diffusion marginals testable. Introduced in lesson 01.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from ._checks import as_generator, check_callable, check_int, check_positive, check_tensor
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def _as_float_tensor(name: str, value, dtype, device) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must be array-like numbers: {err}") from None
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    t = t.to(dtype)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return t
+
+
+class GaussianMixture:
+    r"""p(x) = \sum_k w_k N(x; \mu_k, \Sigma_k) on R^D, with exact score and log-density.
+
+    Args:
+        weights: `(K,)` positive, summing to 1.
+        means: `(K, D)`.
+        covs: full `(K, D, D)` symmetric positive definite, diagonal variances `(K, D)`,
+            or isotropic variances `(K,)`.
+        dtype, device: default to those of `means` when it is a floating tensor,
+            else `torch.get_default_dtype()` on the CPU.
+
+    All methods take `x` of shape `(n, D)` (or `(n, *dims)` with `prod(dims) == D`).
+    Introduced in lesson 01 (`lessons/01_score_functions.ipynb`).
+    """
+
+    def __init__(self, weights, means, covs, *, dtype=None, device=None):
+        if dtype is None:
+            dtype = means.dtype if isinstance(means, torch.Tensor) and means.is_floating_point() else torch.get_default_dtype()
+        if device is None:
+            device = means.device if isinstance(means, torch.Tensor) else "cpu"
+        weights = _as_float_tensor("weights", weights, dtype, device)
+        means = _as_float_tensor("means", means, dtype, device)
+        covs = _as_float_tensor("covs", covs, dtype, device)
+        if means.ndim != 2:
+            raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        K, D = means.shape
+        if weights.shape != (K,):
+            raise ValueError(f"weights must have shape (K,) = ({K},) to match means, got {tuple(weights.shape)}")
+        if not (weights > 0).all():
+            raise ValueError(f"weights must be positive, got {weights.tolist()}")
+        if abs(weights.sum().item() - 1.0) > 1e-5:
+            raise ValueError(f"weights must sum to 1, got sum {weights.sum().item():.6g}")
+        covs = _full_covariances(covs, K, D)
+        try:
+            chol = torch.linalg.cholesky(covs)
+        except RuntimeError:
+            chol = None
+        if chol is None or not torch.isfinite(chol).all():
+            raise ValueError("covs must be symmetric positive definite (Cholesky failed)")
+        self.weights = weights / weights.sum()
+        self.means = means
+        self.covs = covs
+        self._chol = chol
+        self._precisions = torch.cholesky_inverse(chol)
+        # log w_k - 1/2 log det(2 pi Sigma_k), the x-independent part of each component's log-density
+        self._log_norm = self.weights.log() - 0.5 * (D * LOG_2PI + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1))
+
+    # -- basic properties -------------------------------------------------
+    @property
+    def n_components(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.means.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    def to(self, dtype=None, device=None) -> "GaussianMixture":
+        """The same mixture in another dtype and/or on another device."""
+        return GaussianMixture(self.weights, self.means, self.covs, dtype=dtype or self.dtype, device=device or self.device)
+
+    def __repr__(self) -> str:
+        return f"GaussianMixture(K={self.n_components}, D={self.dim}, dtype={self.dtype}, device={self.device})"
+
+    # -- exact quantities ---------------------------------------------------
+    def _flatten(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x, min_dim=2)
+        flat = x.reshape(x.shape[0], -1)
+        if flat.shape[1] != self.dim:
+            raise ValueError(f"x must have {self.dim} features per sample, got shape {tuple(x.shape)}")
+        return flat.to(self.dtype)
+
+    def _component_terms(self, x: torch.Tensor):
+        """Per-component log w_k N(x; mu_k, Sigma_k) `(n, K)` and Sigma_k^{-1}(x - mu_k) `(n, K, D)`."""
+        diff = x[:, None, :] - self.means  # (n, K, D)
+        prec_diff = torch.einsum("kde,nke->nkd", self._precisions, diff)
+        log_comp = self._log_norm - 0.5 * (diff * prec_diff).sum(-1)
+        return log_comp, prec_diff
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x), shape `(n,)`, by a stable log-sum-exp over components."""
+        log_comp, _ = self._component_terms(self._flatten(x))
+        return torch.logsumexp(log_comp, dim=1)
+
+    def responsibilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior component probabilities p(k | x), shape `(n, K)`."""
+        log_comp, _ = self._component_terms(self._flatten(x))
+        return torch.softmax(log_comp, dim=1)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Exact score \nabla_x log p(x) = -\sum_k p(k|x) \Sigma_k^{-1}(x - \mu_k), same shape as `x`."""
+        log_comp, prec_diff = self._component_terms(self._flatten(x))
+        resp = torch.softmax(log_comp, dim=1)
+        return -(resp[..., None] * prec_diff).sum(1).reshape(x.shape).to(x.dtype)
+
+    def sample(self, n: int, generator=None) -> torch.Tensor:
+        """`n` independent samples, shape `(n, D)`; `generator` is a `torch.Generator` or an int seed."""
+        check_int("n", n, minimum=1)
+        generator = as_generator(generator, self.device)
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, 1, generator=generator, dtype=self.dtype, device=self.device)
+        return self.means[k] + (self._chol[k] @ z).squeeze(-1)
+
+    # -- closed-form transformations -------------------------------------
+    def affine(self, scale, noise_std) -> "GaussianMixture":
+        """The law of `scale * X + noise_std * Z` with X ~ self, Z ~ N(0, I) independent: a mixture again."""
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale == 0:
+            raise ValueError(f"scale must be a finite non-zero number, got {scale!r}")
+        if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not (math.isfinite(noise_std) and noise_std >= 0):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        eye = torch.eye(self.dim, dtype=self.dtype, device=self.device)
+        return GaussianMixture(self.weights, scale * self.means, scale**2 * self.covs + noise_std**2 * eye)
+
+    def convolve(self, sigma) -> "GaussianMixture":
+        """p * N(0, sigma^2 I): the density of X + sigma Z. Used by DSM (lesson 02) and Tweedie (lesson 01)."""
+        sigma = check_positive("sigma", sigma, allow_tensor=False)
+        return self.affine(1.0, sigma)
+
+    def posterior_mean(self, y: torch.Tensor, noise_std) -> torch.Tensor:
+        r"""E[X | X + noise_std Z = y] by Bayes' rule, without any score.
+
+        Each component's posterior is Gaussian with mean
+        \mu_k + \Sigma_k(\Sigma_k + \sigma^2 I)^{-1}(y - \mu_k), weighted by the responsibilities
+        of the noisy mixture. Tweedie's formula y + \sigma^2 \nabla log p_\sigma(y) must agree
+        (lesson 01).
+        """
+        noise_std = check_positive("noise_std", noise_std, allow_tensor=False)
+        noisy = self.convolve(noise_std)
+        flat = noisy._flatten(y)
+        log_comp, prec_diff = noisy._component_terms(flat)
+        resp = torch.softmax(log_comp, dim=1)
+        comp_means = self.means + torch.einsum("kde,nke->nkd", self.covs, prec_diff)
+        return (resp[..., None] * comp_means).sum(1).reshape(y.shape).to(y.dtype)
+
+
+def _full_covariances(covs: torch.Tensor, K: int, D: int) -> torch.Tensor:
+    """Turn `(K,)` isotropic, `(K, D)` diagonal or `(K, D, D)` full covariances into `(K, D, D)`."""
+    eye = torch.eye(D, dtype=covs.dtype, device=covs.device)
+    if covs.shape == (K,):
+        if not (covs > 0).all():
+            raise ValueError(f"covs (isotropic variances) must be positive, got {covs.tolist()}")
+        return covs[:, None, None] * eye
+    if covs.shape == (K, D):
+        if not (covs > 0).all():
+            raise ValueError("covs (diagonal variances) must be positive")
+        return torch.diag_embed(covs)
+    if covs.shape == (K, D, D):
+        if not torch.allclose(covs, covs.transpose(-1, -2), atol=1e-6, rtol=1e-6):
+            raise ValueError("covs must be symmetric")
+        return 0.5 * (covs + covs.transpose(-1, -2))
+    raise ValueError(f"covs must have shape (K,), (K, D) or (K, D, D) = ({K},), ({K}, {D}) or ({K}, {D}, {D}), got {tuple(covs.shape)}")
+
+
+def score_from_energy(energy: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    r"""The score -\nabla_x E(x) of the density p(x) \propto exp(-E(x)), by autograd.
+
+    The normalising constant never appears: adding a constant to E (rescaling p) leaves
+    the score unchanged (lesson 01). `energy(x)` must return `(n,)`. The returned function
+    works under `torch.no_grad()` too, and keeps the graph when gradients are enabled so a
+    loss on the score can be backpropagated to the energy's parameters (lesson 08).
+    """
+    check_callable("energy", energy)
+
+    def score(x: torch.Tensor) -> torch.Tensor:
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+            e = energy(x_in)
+            if e.shape != x.shape[:1]:
+                raise ValueError(f"energy must return shape (n,) = ({x.shape[0]},), got {tuple(e.shape)}")
+            (grad,) = torch.autograd.grad(e.sum(), x_in, create_graph=keep_graph)
+        return -grad if keep_graph else -grad.detach()
+
+    return score
+
+
+def banana_energy(x: torch.Tensor, curvature: float = 0.5, scale: float = 1.0) -> torch.Tensor:
+    r"""An unnormalised 2-D 'banana' energy E(x) = x_1^2 / (2 s^2) + (x_2 - b x_1^2)^2 / 2.
+
+    Its normaliser is never needed for the score (lesson 01). Shape `(n, 2)` -> `(n,)`.
+    """
+    check_tensor("x", x, min_dim=2)
+    if x.shape[1:] != (2,):
+        raise ValueError(f"x must have shape (n, 2), got {tuple(x.shape)}")
+    return 0.5 * (x[:, 0] / scale) ** 2 + 0.5 * (x[:, 1] - curvature * x[:, 0] ** 2) ** 2

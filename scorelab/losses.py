@@ -1,0 +1,182 @@
+r"""Score-matching objectives.
+
+Every loss takes a score callable and a batch `x` of shape `(n, *dims)` and returns the
+mean over the batch (`reduction="mean"`) or the per-sample values (`reduction="none"`,
+for standard errors). Norms, traces and inner products run over all non-batch dims,
+so the same call serves 2-D points and images. Introduced in lesson 02.
+
+    esm   explicit score matching      1/2 E||s(x) - \nabla log p(x)||^2
+    ism   implicit score matching      E[tr \nabla_x s(x) + 1/2 ||s(x)||^2]          (Hyvarinen 2005)
+    ssm   sliced score matching        E[v^T \nabla_x s(x) v + 1/2 (v^T s(x))^2]     (Song et al. 2019)
+    dsm   denoising score matching     1/2 E||s(x~) + (x~ - x)/sigma^2||^2           (Vincent 2011)
+    ncsn  multi-scale DSM, lambda(sigma) = sigma^2                               (Song & Ermon 2019, Eq. 6)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import (
+    append_dims,
+    as_generator,
+    check_callable,
+    check_choice,
+    check_int,
+    check_positive,
+    check_tensor,
+)
+
+REDUCTIONS = ("mean", "none")
+
+
+def _flat_sum(v: torch.Tensor) -> torch.Tensor:
+    """Sum over every non-batch dim: `(n, *dims)` -> `(n,)`."""
+    return v.reshape(v.shape[0], -1).sum(1)
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    return per_sample.mean() if reduction == "mean" else per_sample
+
+
+def _prepare(score, x, reduction):
+    check_callable("score", score)
+    check_tensor("x", x, min_dim=2)
+    check_choice("reduction", reduction, REDUCTIONS)
+
+
+def _score_output(score, x):
+    s = score(x)
+    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
+        raise ValueError(f"score(x) must return a tensor of x's shape {tuple(x.shape)}, got {getattr(s, 'shape', type(s))}")
+    return s
+
+
+def esm(score, x: torch.Tensor, true_score, *, reduction: str = "mean") -> torch.Tensor:
+    r"""Explicit score matching, 1/2 E_x ||s(x) - s^*(x)||^2, with `true_score` a callable (lesson 02).
+
+    Args:
+        score: model `x -> s(x)`, same shape as `x`.
+        x: samples `(n, *dims)` from the data distribution.
+        true_score: the exact score `x -> \nabla log p(x)`; evaluated without gradients.
+    """
+    _prepare(score, x, reduction)
+    check_callable("true_score", true_score)
+    with torch.no_grad():
+        target = true_score(x)
+    return _reduce(0.5 * _flat_sum((_score_output(score, x) - target) ** 2), reduction)
+
+
+def ism(score, x: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+    r"""Implicit score matching, E[tr \nabla_x s(x) + 1/2 ||s(x)||^2] (Hyvarinen 2005, Thm. 1).
+
+    The trace is exact: one backward pass per data dimension, so the cost grows linearly
+    in D (lesson 02 measures it). Equals `esm` minus 1/2 E||\nabla log p||^2, a constant.
+    """
+    _prepare(score, x, reduction)
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        s = _score_output(score, x)
+        s_flat = s.reshape(s.shape[0], -1)
+        trace = torch.zeros(x.shape[0], dtype=s.dtype, device=s.device)
+        for d in range(s_flat.shape[1]):
+            (grad,) = torch.autograd.grad(s_flat[:, d].sum(), x, create_graph=True)
+            trace = trace + grad.reshape(x.shape[0], -1)[:, d]
+    return _reduce(trace + 0.5 * _flat_sum(s**2), reduction)
+
+
+def _gaussian_projections(shape, generator, dtype, device):
+    return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+
+def _rademacher_projections(shape, generator, dtype, device):
+    return torch.randint(0, 2, shape, generator=generator, device=device).to(dtype) * 2 - 1
+
+
+#: projection distributions for sliced score matching (both have E[v v^T] = I)
+PROJECTIONS = {"gaussian": _gaussian_projections, "rademacher": _rademacher_projections}
+
+
+def ssm(
+    score,
+    x: torch.Tensor,
+    n_projections: int = 1,
+    projection: str = "gaussian",
+    variance_reduction: bool = False,
+    generator=None,
+    *,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Sliced score matching (Song, Garg, Shi & Ermon 2019, Eq. 8).
+
+    E_v E_x [v^T \nabla_x s(x) v + 1/2 (v^T s(x))^2], or with `variance_reduction` the
+    second term replaced by its expectation over v, 1/2 ||s(x)||^2 (SSM-VR). One
+    backward pass per projection, whatever the dimension. Each sample gets
+    `n_projections` independent `v` from `projection` ("gaussian" or "rademacher");
+    the per-sample value (`reduction="none"`) averages over them.
+    """
+    _prepare(score, x, reduction)
+    check_int("n_projections", n_projections, minimum=1)
+    check_choice("projection", projection, PROJECTIONS)
+    generator = as_generator(generator, x.device)
+    n = x.shape[0]
+    x_rep = x.detach().repeat_interleave(n_projections, dim=0).requires_grad_(True)
+    v = PROJECTIONS[projection](x_rep.shape, generator, x.dtype, x.device)
+    with torch.enable_grad():
+        s = _score_output(score, x_rep)
+        v_s = _flat_sum(v * s)
+        (grad_v_s,) = torch.autograd.grad(v_s.sum(), x_rep, create_graph=True)
+    v_jac_v = _flat_sum(grad_v_s * v)
+    second = 0.5 * _flat_sum(s**2) if variance_reduction else 0.5 * v_s**2
+    per_sample = (v_jac_v + second).reshape(n, n_projections).mean(1)
+    return _reduce(per_sample, reduction)
+
+
+def dsm(score, x: torch.Tensor, sigma, generator=None, *, noise=None, reduction: str = "mean") -> torch.Tensor:
+    r"""Denoising score matching at one noise level (Vincent 2011, Eq. 11).
+
+    1/2 E ||s(x~) + (x~ - x)/sigma^2||^2 with x~ = x + sigma z, z ~ N(0, I). Its minimiser is
+    the score of the noised density p_sigma = p * N(0, sigma^2 I), and it differs from
+    ESM against p_sigma by a constant (lesson 02).
+
+    Args:
+        sigma: positive float, or a `(n,)` tensor of per-sample levels.
+        noise: optional `z` of `x`'s shape (common random numbers); drawn from
+            `generator` when omitted.
+    """
+    _prepare(score, x, reduction)
+    sigma = check_positive("sigma", sigma)
+    z = _standard_noise(x, generator, noise)
+    sigma = append_dims(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x.ndim)
+    x_tilde = x + sigma * z
+    return _reduce(0.5 * _flat_sum((_score_output(score, x_tilde) + z / sigma) ** 2), reduction)
+
+
+def ncsn(score, x: torch.Tensor, sigmas, generator=None, *, reduction: str = "mean") -> torch.Tensor:
+    r"""Multi-scale DSM of NCSN with \lambda(\sigma) = \sigma^2 (Song & Ermon 2019, Eq. 6).
+
+    Each sample gets one level sigma_i drawn uniformly from `sigmas`; the loss is
+    1/2 E ||\sigma s(x~, \sigma) + z||^2 with x~ = x + \sigma z, i.e. sigma^2 times the
+    DSM loss at that level. `score(x, sigma)` receives `sigma` as a `(batch,)` tensor.
+    """
+    _prepare(score, x, reduction)
+    sigmas = torch.as_tensor(sigmas, dtype=x.dtype, device=x.device)
+    if sigmas.ndim != 1 or sigmas.numel() == 0:
+        raise ValueError(f"sigmas must be a non-empty 1-D sequence of noise levels, got shape {tuple(sigmas.shape)}")
+    check_positive("sigmas", sigmas)
+    generator = as_generator(generator, x.device)
+    sigma = sigmas[torch.randint(len(sigmas), (x.shape[0],), generator=generator, device=x.device)]
+    z = _standard_noise(x, generator, None)
+    x_tilde = x + append_dims(sigma, x.ndim) * z
+    s = score(x_tilde, sigma)
+    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
+        raise ValueError(f"score(x, sigma) must return a tensor of x's shape {tuple(x.shape)}")
+    return _reduce(0.5 * _flat_sum((append_dims(sigma, x.ndim) * s + z) ** 2), reduction)
+
+
+def _standard_noise(x, generator, noise):
+    if noise is None:
+        return torch.randn(x.shape, generator=as_generator(generator, x.device), dtype=x.dtype, device=x.device)
+    check_tensor("noise", noise)
+    if noise.shape != x.shape:
+        raise ValueError(f"noise must have x's shape {tuple(x.shape)}, got {tuple(noise.shape)}")
+    return noise

@@ -1,0 +1,103 @@
+"""Pictures of 2-D densities, score fields and samples, in one style.
+
+Every function draws on a given matplotlib `ax` (or a new one) and returns the artist it
+made, so widgets can update it and tests can read its data. Introduced in lesson 01.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+
+from ._checks import check_bounds, check_callable, check_int
+from .distributions import GaussianMixture
+
+DENSITY_CMAP = "mako_r"
+ERROR_CMAP = "rocket_r"
+FIELD_COLOR = "#d1495b"
+
+
+def use_style() -> None:
+    """The seaborn look used by every lesson and demo (call once per notebook)."""
+    sns.set_theme(context="notebook", style="white", palette="deep")
+    plt.rcParams.update({"figure.dpi": 90, "axes.titlesize": "medium", "image.origin": "lower"})
+
+
+def subplots(n_cols: int = 1, n_rows: int = 1, size: float = 3.4, **kwargs):
+    """A figure of square panels, `size` inches each; returns (fig, axes) like `plt.subplots`."""
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows), squeeze=False, constrained_layout=True, **kwargs)
+    return fig, (axes[0, 0] if axes.size == 1 else axes.squeeze())
+
+
+def grid(bounds=(-8.0, 8.0), resolution: int = 100, dtype=None) -> tuple[torch.Tensor, np.ndarray]:
+    """Points of a resolution x resolution grid over bounds^2 as an `(r*r, 2)` tensor, and the 1-D axis."""
+    lo, hi = check_bounds(bounds)
+    check_int("resolution", resolution, minimum=2)
+    axis = np.linspace(lo, hi, resolution)
+    gx, gy = np.meshgrid(axis, axis, indexing="xy")
+    pts = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=dtype or torch.get_default_dtype())
+    return pts, axis
+
+
+def evaluate_on_grid(fn, bounds=(-8.0, 8.0), resolution: int = 100) -> np.ndarray:
+    """`fn` on the grid, reshaped to `(r, r)` for scalars or `(r, r, 2)` for vectors (rows are y)."""
+    check_callable("fn", fn)
+    pts, _ = grid(bounds, resolution)
+    with torch.no_grad():
+        values = fn(pts).detach().cpu().numpy()
+    return values.reshape(resolution, resolution, *values.shape[1:])
+
+
+def _ax(ax):
+    return ax if ax is not None else subplots()[1]
+
+
+def _finish(ax, bounds, title):
+    lo, hi = check_bounds(bounds)
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", xticks=[], yticks=[])
+    if title:
+        ax.set_title(title)
+
+
+def plot_heatmap(fn, bounds=(-8.0, 8.0), resolution: int = 150, ax=None, cmap=DENSITY_CMAP, title=None, **kwargs):
+    """A scalar function of 2-D points `(n, 2) -> (n,)` as an image; returns the `AxesImage`."""
+    ax = _ax(ax)
+    lo, hi = check_bounds(bounds)
+    img = ax.imshow(evaluate_on_grid(fn, bounds, resolution), extent=(lo, hi, lo, hi), cmap=cmap, origin="lower", **kwargs)
+    _finish(ax, bounds, title)
+    return img
+
+
+def plot_density(density, bounds=(-8.0, 8.0), resolution: int = 150, ax=None, title=None, **kwargs):
+    """The density of a `GaussianMixture`, or of a callable log-density, as an image."""
+    log_prob = density.log_prob if isinstance(density, GaussianMixture) else density
+    check_callable("density", log_prob)
+    return plot_heatmap(lambda x: log_prob(x).exp(), bounds, resolution, ax=ax, title=title, **kwargs)
+
+
+def plot_field(score, bounds=(-8.0, 8.0), n_arrows: int = 21, ax=None, color=FIELD_COLOR, clip_quantile: float = 0.95, title=None, **kwargs):
+    """A 2-D vector field (a score) as arrows on an `n_arrows` x `n_arrows` grid; returns the `Quiver`.
+
+    Arrow lengths are proportional to |s(x)|, clipped at the `clip_quantile` of the
+    magnitudes so that the huge arrows far from the data do not hide the rest.
+    """
+    ax = _ax(ax)
+    pts, axis = grid(bounds, n_arrows)
+    field = evaluate_on_grid(score, bounds, n_arrows)
+    norm = np.linalg.norm(field, axis=-1, keepdims=True)
+    cap = np.quantile(norm, clip_quantile) if clip_quantile < 1 else norm.max()
+    field = field * np.minimum(1.0, cap / np.maximum(norm, 1e-12))
+    quiver = ax.quiver(axis, axis, field[..., 0], field[..., 1], color=color, angles="xy", **kwargs)
+    _finish(ax, bounds, title)
+    return quiver
+
+
+def plot_samples(x: torch.Tensor, ax=None, bounds=(-8.0, 8.0), s: float = 3, alpha: float = 0.5, color="k", title=None, **kwargs):
+    """A scatter of `(n, 2)` samples; returns the `PathCollection`."""
+    ax = _ax(ax)
+    x = x.detach().cpu().numpy()
+    points = ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, color=color, linewidths=0, **kwargs)
+    _finish(ax, bounds, title)
+    return points
