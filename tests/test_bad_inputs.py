@@ -1,0 +1,87 @@
+"""Bad input gets a ValueError or TypeError that names the offending argument (as a whole word)."""
+
+import math
+
+import pytest
+import torch
+
+from scorelab import EMA, GaussianMixture, ScoreMLP, TrainConfig, datasets, fit, losses, metrics, viz
+
+X = torch.randn(8, 2)
+NAN_X = X.clone().index_put_((torch.tensor([0]), torch.tensor([1])), torch.tensor(math.nan))
+MIX = datasets.ring_mixture(n_modes=2)
+
+
+def score(x):
+    return -x
+
+
+CASES = [
+    # (call, expected exception, word the message must contain)
+    (lambda: GaussianMixture([0.5, 0.6], [[0, 0], [1, 1]], [1, 1]), ValueError, "weights"),
+    (lambda: GaussianMixture([1.2, -0.2], [[0, 0], [1, 1]], [1, 1]), ValueError, "weights"),
+    (lambda: GaussianMixture([1.0], [[0, 0]], [[[1, 2], [2, 1]]]), ValueError, "covs"),
+    (lambda: GaussianMixture([1.0], [[0, 0]], [[[1, 0.5], [0, 1]]]), ValueError, "covs"),
+    (lambda: GaussianMixture([1.0], [[0, 0]], [-1.0]), ValueError, "covs"),
+    (lambda: GaussianMixture([1.0], [[0, 0]], [[1.0, 0.0]]), ValueError, "covs"),
+    (lambda: GaussianMixture([0.5, 0.5], [[0, 0]], [1, 1]), ValueError, "weights"),
+    (lambda: GaussianMixture([1.0], [0, 0], [1.0]), ValueError, "means"),
+    (lambda: GaussianMixture([1.0], [[0, 0]], [[1.0, 1.0, 1.0]]), ValueError, "covs"),
+    (lambda: GaussianMixture([1.0], [[math.nan, 0]], [1.0]), ValueError, "means"),
+    (lambda: GaussianMixture([1.0], [["a", "b"]], [1.0]), TypeError, "means"),
+    (lambda: MIX.score(torch.randn(4, 3)), ValueError, "x"),
+    (lambda: MIX.log_prob(NAN_X), ValueError, "x"),
+    (lambda: MIX.score([[0.0, 0.0]]), TypeError, "x"),
+    (lambda: MIX.sample(0), ValueError, "n"),
+    (lambda: MIX.sample(2.5), TypeError, "n"),
+    (lambda: MIX.sample(10, generator="seed"), TypeError, "generator"),
+    (lambda: MIX.convolve(-0.1), ValueError, "sigma"),
+    (lambda: MIX.convolve(0.0), ValueError, "sigma"),
+    (lambda: MIX.affine(0.0, 1.0), ValueError, "scale"),
+    (lambda: MIX.affine(1.0, -1.0), ValueError, "noise_std"),
+    (lambda: MIX.posterior_mean(X, math.inf), ValueError, "noise_std"),
+    (lambda: losses.dsm(score, X, -1.0), ValueError, "sigma"),
+    (lambda: losses.dsm(score, X, 0.0), ValueError, "sigma"),
+    (lambda: losses.dsm(score, X, torch.tensor([0.1, -0.1] * 4)), ValueError, "sigma"),
+    (lambda: losses.dsm(score, X, "0.1"), TypeError, "sigma"),
+    (lambda: losses.dsm(score, NAN_X, 0.1), ValueError, "x"),
+    (lambda: losses.dsm(score, X, 0.1, noise=torch.randn(3, 2)), ValueError, "noise"),
+    (lambda: losses.dsm("score", X, 0.1), TypeError, "score"),
+    (lambda: losses.ism(score, torch.randn(5)), ValueError, "x"),
+    (lambda: losses.ism(score, torch.ones(4, 2, dtype=torch.long)), TypeError, "x"),
+    (lambda: losses.ism(lambda x: x[:, :1], X), ValueError, "score"),
+    (lambda: losses.ssm(score, X, projection="uniform"), ValueError, "projection"),
+    (lambda: losses.ssm(score, X, n_projections=0), ValueError, "n_projections"),
+    (lambda: losses.ssm(score, X, reduction="sum"), ValueError, "reduction"),
+    (lambda: losses.esm(score, X, None), TypeError, "true_score"),
+    (lambda: losses.ncsn(lambda x, s: x, X, []), ValueError, "sigmas"),
+    (lambda: losses.ncsn(lambda x, s: x, X, [1.0, -0.5]), ValueError, "sigmas"),
+    (lambda: ScoreMLP(0), ValueError, "dim"),
+    (lambda: ScoreMLP(2)(torch.randn(4, 3)), ValueError, "x"),
+    (lambda: ScoreMLP(2, log_condition=True), ValueError, "n_fourier"),
+    (lambda: ScoreMLP(2, n_fourier=4, log_condition=True)(X, torch.zeros(8)), ValueError, "c"),
+    (lambda: EMA(ScoreMLP(2), decay=1.0), ValueError, "decay"),
+    (lambda: EMA("model"), TypeError, "model"),
+    (lambda: TrainConfig(n_steps=0), ValueError, "n_steps"),
+    (lambda: TrainConfig(lr=-1e-3), ValueError, "lr"),
+    (lambda: TrainConfig(batch_size=1.5), TypeError, "batch_size"),
+    (lambda: fit(ScoreMLP(2), None, X), TypeError, "loss_fn"),
+    (lambda: fit(ScoreMLP(2), lambda m, x, g: m(x).sum(), NAN_X, TrainConfig(n_steps=1, progress=False)), ValueError, "data"),
+    (lambda: metrics.tv_grid(X, MIX, bounds=(1, -1)), ValueError, "bounds"),
+    (lambda: metrics.tv_grid(X, MIX, bins=0), ValueError, "bins"),
+    (lambda: metrics.tv_grid(torch.randn(8, 3), MIX), ValueError, "samples"),
+    (lambda: metrics.tv_grid(X, "mixture"), TypeError, "target"),
+    (lambda: metrics.fisher_divergence(score, X), TypeError, "dist"),
+    (lambda: metrics.mmd(X, torch.randn(8, 3)), ValueError, "same sample shape"),
+    (lambda: datasets.ring(-5), ValueError, "n"),
+    (lambda: datasets.ring_mixture(n_modes=0), ValueError, "n_modes"),
+    (lambda: datasets.checkerboard(10, n_squares=1), ValueError, "n_squares"),
+    (lambda: viz.plot_field("score"), TypeError, "fn"),
+    (lambda: viz.grid(bounds=(0, 0)), ValueError, "bounds"),
+]
+
+
+@pytest.mark.parametrize("call, error, word", CASES, ids=[f"{i:02d}-{c[2]}" for i, c in enumerate(CASES)])
+def test_bad_input_raises_naming_the_argument(call, error, word):
+    with pytest.raises(error, match=rf"\b{word}\b"):
+        call()

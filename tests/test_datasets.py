@@ -1,0 +1,45 @@
+"""Toy samplers: shapes, determinism, and the geometry each one promises."""
+
+import math
+
+import pytest
+import torch
+
+from scorelab import datasets
+
+
+@pytest.mark.parametrize("name", sorted(datasets.SAMPLERS))
+def test_sampler_shape_dtype_and_determinism(name):
+    sampler = datasets.SAMPLERS[name]
+    x = sampler(300, generator=1)
+    assert x.shape == (300, 2) and x.dtype == torch.get_default_dtype() and torch.isfinite(x).all()
+    assert torch.equal(x, sampler(300, generator=1))
+    assert not torch.equal(x, sampler(300, generator=2))
+    assert sampler(10, generator=0, dtype=torch.float64).dtype == torch.float64
+
+
+def test_curve_points_lie_exactly_on_the_curve():
+    x = datasets.curve(500, generator=0, amplitude=0.8)
+    torch.testing.assert_close(x[:, 1], 0.8 * torch.sin(2 * x[:, 0]))
+
+
+def test_checkerboard_points_are_on_dark_squares():
+    x = datasets.checkerboard(2000, generator=0, n_squares=4, size=4.0)
+    idx = ((x + 2.0) // 1.0).long()
+    assert ((idx.sum(1) % 2) == 0).all()
+
+
+def test_concentric_rings_radii():
+    x = datasets.concentric_rings(4000, generator=0, radii=(1.0, 2.5), noise=0.0)
+    r = x.norm(dim=1)
+    on_ring = torch.minimum((r - 1.0).abs(), (r - 2.5).abs())
+    assert on_ring.max() < 1e-5
+    frac_inner = (r < 1.75).double().mean().item()
+    assert abs(frac_inner - 1 / 3.5) < 4 * math.sqrt((1 / 3.5) * (2.5 / 3.5) / 4000)
+
+
+def test_far_apart_mixture_is_the_song_ermon_pair():
+    mix = datasets.far_apart_mixture()
+    torch.testing.assert_close(mix.weights, torch.tensor([0.2, 0.8]))
+    torch.testing.assert_close(mix.means, torch.tensor([[-5.0, -5.0], [5.0, 5.0]]))
+    torch.testing.assert_close(mix.covs, torch.eye(2).expand(2, 2, 2))

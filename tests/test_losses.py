@@ -1,0 +1,191 @@
+"""Each loss against a case with an analytic value, and the identities between them.
+
+Linear score models s(x) = A x + b on Gaussian data N(mu, Sigma) have closed-form
+per-sample losses; the identities (ISM - ESM, DSM - ESM_sigma) hold in expectation and
+are tested within 4 standard errors.
+"""
+
+import math
+
+import pytest
+import torch
+
+from scorelab import GaussianMixture, ScoreMLP, losses
+from scorelab.metrics import fisher_divergence
+
+D = 3
+
+
+class Linear(torch.nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.A = torch.nn.Parameter(torch.randn(D, D, generator=g, dtype=torch.float64))
+        self.b = torch.nn.Parameter(torch.randn(D, generator=g, dtype=torch.float64))
+
+    def forward(self, x):
+        return x @ self.A.T + self.b
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(D, D, generator=g, dtype=torch.float64)
+    cov = a @ a.T + 0.5 * torch.eye(D, dtype=torch.float64)
+    return GaussianMixture([1.0], torch.randn(1, D, generator=g, dtype=torch.float64), cov[None])
+
+
+def mlp(seed):
+    torch.manual_seed(seed)
+    return ScoreMLP(D, hidden=32, n_layers=2).double()
+
+
+def test_esm_per_sample_closed_form(gaussian):
+    model = Linear(1)
+    x = gaussian.sample(100, generator=1)
+    expected = 0.5 * ((model(x) - gaussian.score(x)) ** 2).sum(1)
+    torch.testing.assert_close(losses.esm(model, x, gaussian.score, reduction="none"), expected)
+    torch.testing.assert_close(losses.esm(model, x, gaussian.score), expected.mean())
+
+
+def test_esm_expectation_is_half_the_fisher_divergence(gaussian):
+    model = Linear(2)
+    P = torch.linalg.inv(gaussian.covs[0])
+    M, c = model.A.detach() + P, model.b.detach() - P @ gaussian.means[0]
+    # E||M x + c||^2 = tr(M Sigma M^T) + ||M mu + c||^2
+    exact = (torch.trace(M @ gaussian.covs[0] @ M.T) + ((M @ gaussian.means[0] + c) ** 2).sum()).item()
+    est = fisher_divergence(model, gaussian, n=50_000, generator=3)
+    assert abs(est.value - exact) < 4 * est.se
+    x = gaussian.sample(50_000, generator=3)
+    assert losses.esm(model, x, gaussian.score).item() == pytest.approx(est.value / 2, rel=1e-10)
+
+
+def test_ism_per_sample_is_trace_plus_half_norm(gaussian):
+    model = Linear(3)
+    x = gaussian.sample(64, generator=2)
+    expected = torch.trace(model.A).detach() + 0.5 * (model(x).detach() ** 2).sum(1)
+    torch.testing.assert_close(losses.ism(model, x, reduction="none").detach(), expected)
+
+
+def test_ism_trace_of_a_nonlinear_model_against_jacobian():
+    model = mlp(0)
+    x = torch.randn(5, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    traces = torch.stack([torch.trace(torch.autograd.functional.jacobian(lambda v: model(v[None])[0], xi)) for xi in x])
+    expected = traces + 0.5 * (model(x) ** 2).sum(1)
+    torch.testing.assert_close(losses.ism(model, x, reduction="none").detach(), expected.detach())
+
+
+def test_ism_minus_esm_is_minus_half_expected_squared_score(gaussian):
+    # E[ISM - ESM] = -1/2 E||grad log p||^2 = -1/2 tr(Sigma^{-1}) for a Gaussian, whatever the model
+    const = -0.5 * torch.trace(torch.linalg.inv(gaussian.covs[0])).item()
+    x = gaussian.sample(40_000, generator=5)
+    for model in (Linear(4), mlp(1), mlp(2)):
+        diff = (losses.ism(model, x, reduction="none") - losses.esm(model, x, gaussian.score, reduction="none")).detach()
+        assert abs(diff.mean().item() - const) < 4 * diff.std().item() / math.sqrt(len(x))
+
+
+@pytest.mark.parametrize("projection", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("variance_reduction", [False, True])
+def test_ssm_expectation_over_projections_equals_ism(gaussian, projection, variance_reduction):
+    model = mlp(3)
+    x = gaussian.sample(4, generator=6)
+    n_v = 20_000
+    # one projection per copy of each point: iid draws of the per-projection value, hence an SE
+    rep = x.repeat_interleave(n_v, dim=0)
+    vals = losses.ssm(model, rep, projection=projection, variance_reduction=variance_reduction, generator=7, reduction="none").detach()
+    vals = vals.reshape(len(x), n_v)
+    ism = losses.ism(model, x, reduction="none").detach()
+    se = vals.std(1) / math.sqrt(n_v)
+    assert ((vals.mean(1) - ism).abs() < 4 * se + 1e-12).all()
+
+
+def test_ssm_rademacher_with_variance_reduction_is_exact_for_diagonal_jacobians():
+    # v^T diag(a) v = sum(a) for v in {-1, 1}^D: every projection gives the exact ISM value
+    class Diag(torch.nn.Module):
+        def forward(self, x):
+            return torch.tanh(x) - x**3
+
+    x = torch.randn(32, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = losses.ssm(Diag(), x, projection="rademacher", variance_reduction=True, generator=1, reduction="none")
+    torch.testing.assert_close(a, losses.ism(Diag(), x, reduction="none"))
+
+
+def test_ssm_more_projections_reduce_variance(gaussian):
+    model = mlp(4)
+    x = gaussian.sample(256, generator=8)
+    one = torch.stack([losses.ssm(model, x, n_projections=1, generator=s).detach() for s in range(40)])
+    many = torch.stack([losses.ssm(model, x, n_projections=8, generator=s).detach() for s in range(40)])
+    assert many.var() < one.var() / 2  # 8x fewer projection noise in expectation; factor 2 leaves room for the data term
+
+
+def test_dsm_per_sample_with_given_noise(gaussian):
+    model = Linear(5)
+    x = gaussian.sample(50, generator=9)
+    z = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
+    sigma = 0.3
+    expected = 0.5 * ((model(x + sigma * z) + z / sigma) ** 2).sum(1)
+    torch.testing.assert_close(losses.dsm(model, x, sigma, noise=z, reduction="none"), expected)
+
+
+def test_dsm_minus_esm_on_the_noised_density_is_constant(gaussian):
+    # E[DSM(s) - ESM_sigma(s)] = 1/2 (D / sigma^2 - E||grad log p_sigma||^2), the same for every model
+    sigma, n = 0.5, 40_000
+    noisy = gaussian.convolve(sigma)
+    const = 0.5 * (D / sigma**2 - torch.trace(torch.linalg.inv(noisy.covs[0])).item())
+    x = gaussian.sample(n, generator=10)
+    z = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(11))
+    diffs = []
+    for model in (Linear(6), mlp(5), mlp(6)):
+        d = losses.dsm(model, x, sigma, noise=z, reduction="none") - losses.esm(model, x + sigma * z, noisy.score, reduction="none")
+        diffs.append(d.detach())
+        assert abs(d.mean().item() - const) < 4 * d.std().item() / math.sqrt(n)
+    paired = diffs[1] - diffs[2]  # common random numbers: the model-dependent part has mean zero
+    assert abs(paired.mean().item()) < 4 * paired.std().item() / math.sqrt(n)
+
+
+def test_dsm_is_minimised_by_the_noised_score(gaussian):
+    sigma = 0.4
+    noisy = gaussian.convolve(sigma)
+    x = gaussian.sample(20_000, generator=12)
+    z = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(13))
+    best = losses.dsm(noisy.score, x, sigma, noise=z, reduction="none")
+    clean = losses.dsm(gaussian.score, x, sigma, noise=z, reduction="none")
+    diff = clean - best
+    assert diff.mean() > 4 * diff.std() / math.sqrt(len(x))
+
+
+def test_ncsn_closed_form_for_standard_normal_data():
+    # p = N(0, I), s(x, sigma) = -x / (1 + sigma^2) exactly; then sigma s + z = (z - sigma x) / (1 + sigma^2)
+    # and E 1/2||.||^2 = D / (2 (1 + sigma^2)), averaged over the uniformly drawn level.
+    sigmas = torch.tensor([0.1, 0.5, 1.0, 3.0], dtype=torch.float64)
+    n = 40_000
+    x = torch.randn(n, D, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    vals = losses.ncsn(lambda x, s: -x / (1 + s[:, None] ** 2), x, sigmas, generator=1, reduction="none")
+    expected = (D / (2 * (1 + sigmas**2))).mean().item()
+    assert abs(vals.mean().item() - expected) < 4 * vals.std().item() / math.sqrt(n)
+
+
+@pytest.mark.parametrize("name", ["ism", "ssm", "dsm"])
+def test_losses_are_shape_agnostic(name):
+    model = mlp(7).float()
+    x_flat = torch.randn(16, D + 1, generator=torch.Generator().manual_seed(0))[:, :D]
+    x_img = x_flat.reshape(16, 1, 1, D)
+
+    def image_model(x):
+        return model(x.reshape(len(x), -1)).reshape(x.shape)
+
+    call = {
+        "ism": lambda s, x: losses.ism(s, x),
+        "ssm": lambda s, x: losses.ssm(s, x, generator=3),
+        "dsm": lambda s, x: losses.dsm(s, x, 0.2, generator=3),
+    }[name]
+    torch.testing.assert_close(call(image_model, x_img), call(model, x_flat))
+
+
+def test_losses_backpropagate_to_parameters(gaussian):
+    model = mlp(8)
+    x = gaussian.sample(32, generator=0)
+    for loss in (losses.ism(model, x), losses.ssm(model, x, generator=0), losses.dsm(model, x, 0.1, generator=0)):
+        model.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

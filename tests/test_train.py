@@ -1,0 +1,174 @@
+"""The training loop: it learns, it resumes exactly, and its checkpoints are safe."""
+
+import pickle
+
+import pytest
+import torch
+
+from scorelab import EMA, CheckpointError, EnergyMLP, ScoreMLP, TrainConfig, fit, load_checkpoint, losses, save_checkpoint
+from scorelab.datasets import ring_mixture
+from scorelab.metrics import fisher_divergence
+
+MIX = ring_mixture(n_modes=3, radius=2.0, std=0.5)
+SIGMA = 0.5  # a well-conditioned DSM problem: the loop, not the estimator, is under test
+
+
+def dsm_loss(model, x, g):
+    return losses.dsm(model, x, SIGMA, generator=g)
+
+
+def new_model():
+    torch.manual_seed(0)
+    return ScoreMLP(2, hidden=32, n_layers=2)
+
+
+def test_fit_learns_the_score():
+    model = new_model()
+    before = fisher_divergence(model, MIX.convolve(SIGMA), n=4000, generator=1)
+    history = fit(model, dsm_loss, MIX.sample, TrainConfig(n_steps=600, lr=3e-3, progress=False))
+    after = fisher_divergence(model, MIX.convolve(SIGMA), n=4000, generator=1)
+    assert len(history) == 600
+    assert after.value + 4 * after.se < before.value / 5
+
+
+def test_fit_draws_minibatches_from_a_tensor():
+    data = MIX.sample(500, generator=0)
+    history = fit(new_model(), dsm_loss, data, TrainConfig(n_steps=20, batch_size=64, progress=False))
+    assert len(history) == 20
+
+
+def test_same_seed_same_run():
+    runs = [fit(new_model(), dsm_loss, MIX.sample, TrainConfig(n_steps=30, progress=False)) for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    config = TrainConfig(n_steps=50, checkpoint_every=10, seed=3, progress=False)
+    full_model, full_ema = new_model(), None
+    full_ema = EMA(full_model, decay=0.9)
+    full = fit(full_model, dsm_loss, MIX.sample, config, ema=full_ema)
+
+    path = tmp_path / "run.pt"
+    model = new_model()
+    ema = EMA(model, decay=0.9)
+
+    def interrupt(info):
+        if info["i"] == 26:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, dsm_loss, MIX.sample, config, ema=ema, checkpoint=path, callback=interrupt)
+    assert len(load_checkpoint(path)["history"]) == 20
+    # a new process would rebuild everything from scratch, then resume from the file
+    model, ema = new_model(), EMA(new_model(), decay=0.9)
+    resumed = fit(model, dsm_loss, MIX.sample, config, ema=ema, checkpoint=path)
+    assert resumed == full
+    for a, b in zip(model.state_dict().values(), full_model.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(ema.module.state_dict().values(), full_ema.module.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
+    path = tmp_path / "run.pt"
+    fit(new_model(), dsm_loss, MIX.sample, TrainConfig(n_steps=5, progress=False), checkpoint=path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError):
+        fit(new_model(), dsm_loss, MIX.sample, TrainConfig(n_steps=10, progress=False), checkpoint=path)
+
+
+def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "run.pt"
+    save_checkpoint({"format": "scorelab-checkpoint-v1", "step": torch.tensor(1)}, path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"format": "scorelab-checkpoint-v1", "step": torch.tensor(2)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # no temporary file left behind
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "scorelab-checkpoint-v1", "payload": Payload()}, path)
+    with pytest.raises(CheckpointError, match="other than tensors"):
+        load_checkpoint(path)
+    path.write_bytes(pickle.dumps({"x": Payload()}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_not_a_scorelab_checkpoint(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a scorelab checkpoint"):
+        load_checkpoint(path)
+
+
+def test_divergence_raises_with_a_hint():
+    def exploding(model, x, g):
+        return model(x).sum() * float("nan")
+
+    with pytest.raises(FloatingPointError, match="learning rate"):
+        fit(new_model(), exploding, MIX.sample, TrainConfig(n_steps=3, progress=False))
+
+
+def test_ema_tracks_the_average():
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+        ema.module.weight.fill_(4.0)
+    ema.update(model)
+    assert ema.module.weight.item() == pytest.approx(2.0)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_energy_mlp_score_is_minus_grad_and_works_under_no_grad():
+    torch.manual_seed(0)
+    model = EnergyMLP(2, hidden=16, n_layers=2).double()
+    x = torch.randn(8, 2, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(model(x).sum(), x)
+    torch.testing.assert_close(model.score(x.detach()), -grad)
+    with torch.no_grad():
+        s = model.score(x.detach())
+    assert not s.requires_grad
+    torch.testing.assert_close(s, -grad)
+    # a score-matching loss on the energy's score reaches its parameters (all but the output
+    # bias, a constant energy shift that the score cannot see)
+    losses.ism(model.score, x.detach()).backward()
+    *weights, output_bias = model.parameters()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in weights)
+    assert output_bias.grad is None
+    # the EMA copy computes its own score, not the original's
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        for p in ema.module.parameters():
+            p.zero_()
+    assert torch.equal(ema.module.score(x.detach()), torch.zeros(8, 2, dtype=torch.float64))
+
+
+def test_conditional_score_mlp():
+    model = ScoreMLP(2, hidden=16, n_layers=2, n_fourier=4, log_condition=True, divide_by_sigma=True)
+    x = torch.randn(5, 2)
+    sigma = torch.full((5,), 2.0)
+    out = model(x, sigma)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out * 2.0, model.net(torch.cat([x, model.embed(sigma.log())], 1)))
+    with pytest.raises(TypeError, match="conditional"):
+        model(x)
+    with pytest.raises(TypeError, match="unconditional"):
+        ScoreMLP(2)(x, sigma)
