@@ -9,7 +9,7 @@ matching and the diffusion marginals testable. Introduced in lesson 01.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -95,7 +95,7 @@ class GaussianMixture:
     def device(self) -> torch.device:
         return self.means.device
 
-    def to(self, dtype=None, device=None) -> "GaussianMixture":
+    def to(self, dtype=None, device=None) -> GaussianMixture:
         """The same mixture in another dtype and/or on another device."""
         return GaussianMixture(self.weights, self.means, self.covs, dtype=dtype or self.dtype, device=device or self.device)
 
@@ -142,7 +142,7 @@ class GaussianMixture:
         return self.means[k] + (self._chol[k] @ z).squeeze(-1)
 
     # -- closed-form transformations -------------------------------------
-    def affine(self, scale, noise_std) -> "GaussianMixture":
+    def affine(self, scale, noise_std) -> GaussianMixture:
         """The law of `scale * X + noise_std * Z` with X ~ self, Z ~ N(0, I) independent: a mixture again."""
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale == 0:
             raise ValueError(f"scale must be a finite non-zero number, got {scale!r}")
@@ -151,7 +151,7 @@ class GaussianMixture:
         eye = torch.eye(self.dim, dtype=self.dtype, device=self.device)
         return GaussianMixture(self.weights, scale * self.means, scale**2 * self.covs + noise_std**2 * eye)
 
-    def convolve(self, sigma) -> "GaussianMixture":
+    def convolve(self, sigma) -> GaussianMixture:
         """p * N(0, sigma^2 I): the density of X + sigma Z. Used by DSM (lesson 02) and Tweedie (lesson 01)."""
         sigma = check_positive("sigma", sigma, allow_tensor=False)
         return self.affine(1.0, sigma)

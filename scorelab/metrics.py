@@ -150,4 +150,3 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return (
         2 * _pairwise_distances(x, y).mean() - _offdiag_mean(_pairwise_distances(x, x)) - _offdiag_mean(_pairwise_distances(y, y))
     ).item()
-

@@ -18,10 +18,15 @@ from .distributions import score_from_energy
 
 class FourierFeatures(nn.Module):
     """Embed a per-sample scalar c `(n,)` as [sin(2 pi f_j c), cos(2 pi f_j c)] with fixed
-    geometric frequencies f_j from `min_freq` to `max_freq` (Tancik et al. 2020). No randomness,
-    so two models built alike are identical."""
+    geometric frequencies f_j from `min_freq` to `max_freq` cycles per unit of c (Tancik et al. 2020).
 
-    def __init__(self, n_features: int = 16, min_freq: float = 1 / 16, max_freq: float = 4.0):
+    No randomness, so two models built alike are identical. The default band suits inputs
+    spanning a few units (log sigma, or t in [0, 1]): a model trained on a handful of noise
+    levels must interpolate between them, and features faster than ~1 cycle per unit of
+    log sigma make it fail there (measured: relative Fisher error 1.9 instead of 0.03 at a
+    sigma between two training levels with max_freq=4)."""
+
+    def __init__(self, n_features: int = 16, min_freq: float = 1 / 16, max_freq: float = 1.0):
         super().__init__()
         check_int("n_features", n_features, minimum=1)
         freqs = torch.exp(torch.linspace(math.log(min_freq), math.log(max_freq), n_features))
@@ -159,4 +164,3 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         self.decay = float(state["decay"])
         self.module.load_state_dict(state["module"])
-

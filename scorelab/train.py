@@ -9,9 +9,9 @@ ends (on the same machine). Introduced in lesson 02.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -158,8 +158,7 @@ def fit(
             loss = loss_fn(model, next_batch(), generator)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"loss became {loss.item()} at step {i}: lower the learning rate (lr={config.lr}) "
-                    "or set grad_clip in TrainConfig"
+                    f"loss became {loss.item()} at step {i}: lower the learning rate (lr={config.lr}) or set grad_clip in TrainConfig"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -77,7 +77,9 @@ def plot_density(density, bounds=(-8.0, 8.0), resolution: int = 150, ax=None, ti
     return plot_heatmap(lambda x: log_prob(x).exp(), bounds, resolution, ax=ax, title=title, **kwargs)
 
 
-def plot_field(score, bounds=(-8.0, 8.0), n_arrows: int = 21, ax=None, color=FIELD_COLOR, clip_quantile: float = 0.95, title=None, **kwargs):
+def plot_field(
+    score, bounds=(-8.0, 8.0), n_arrows: int = 21, ax=None, color=FIELD_COLOR, clip_quantile: float = 0.95, title=None, **kwargs
+):
     """A 2-D vector field (a score) as arrows on an `n_arrows` x `n_arrows` grid; returns the `Quiver`.
 
     Arrow lengths are proportional to |s(x)|, clipped at the `clip_quantile` of the

@@ -118,13 +118,23 @@ class ScoreFieldExplorer(Explorer):
                 return self.model(x, sigma_batch.expand(len(x)))
 
             error = viz.plot_heatmap(
-                lambda x: (learned(x) - noisy.score(x)).norm(dim=1), self.bounds, self.resolution, ax=right, cmap=viz.ERROR_CMAP, title="learned field over its error |s_θ − ∇log p_σ|"
+                lambda x: (learned(x) - noisy.score(x)).norm(dim=1),
+                self.bounds,
+                self.resolution,
+                ax=right,
+                cmap=viz.ERROR_CMAP,
+                title="learned field over its error |s_θ − ∇log p_σ|",
             )
             viz.plot_field(learned, self.bounds, self.n_arrows, ax=right, color="k")
             fig.colorbar(error, ax=right, shrink=0.8)
             fisher = fisher_divergence(learned, noisy, n=2000, generator=0)
+            scale = fisher_divergence(lambda x: 0 * x, noisy, n=2000, generator=0).value  # E|grad log p_sigma|^2
             self.data["error"] = error.get_array().data.copy()
-            self.status.value = f"Fisher divergence E_pσ|s_θ − ∇log p_σ|² = {fisher.value:.3g} ± {fisher.se:.1g}: small where p_σ is large, large where it is not"
+            self.data["relative_fisher"] = fisher.value / scale
+            self.status.value = (
+                f"Fisher divergence E_pσ|s_θ − ∇log p_σ|² = {fisher.value:.3g} ± {fisher.se:.1g}, "
+                f"{100 * fisher.value / scale:.1f}% of E_pσ|∇log p_σ|²: the error lives where p_σ is small"
+            )
         else:
             right.set_axis_off()
             if self.model is None:

@@ -38,9 +38,7 @@ def test_log_prob_against_scipy():
 
     mix = random_mixture(seed=3, K=3, D=3)
     x = mix.sample(50, generator=2)
-    ref = sum(
-        w.item() * multivariate_normal(m.numpy(), c.numpy()).pdf(x.numpy()) for w, m, c in zip(mix.weights, mix.means, mix.covs)
-    )
+    ref = sum(w.item() * multivariate_normal(m.numpy(), c.numpy()).pdf(x.numpy()) for w, m, c in zip(mix.weights, mix.means, mix.covs))
     np.testing.assert_allclose(mix.log_prob(x).numpy(), np.log(np.asarray(ref)), rtol=1e-10)
 
 
