@@ -1,11 +1,11 @@
 """scorelab: score-based generative modelling, taught by experiment against exact answers.
 
 Public names are re-exported here; submodules hold the rest:
-`datasets`, `distributions`, `losses`, `metrics`, `nets`, `train`, `viz`, and
+`datasets`, `distributions`, `losses`, `metrics`, `nets`, `noise`, `sampling`, `train`, `viz`, and
 `widgets` (imported on demand: it needs ipywidgets).
 """
 
-from . import datasets, distributions, losses, metrics, nets, train, viz
+from . import datasets, distributions, losses, metrics, nets, noise, sampling, train, viz
 from .distributions import GaussianMixture, banana_energy, score_from_energy
 from .nets import EMA, EnergyMLP, FourierFeatures, ScoreMLP
 from .train import CheckpointError, TrainConfig, fit, load_checkpoint, save_checkpoint
@@ -28,6 +28,8 @@ __all__ = [
     "losses",
     "metrics",
     "nets",
+    "noise",
+    "sampling",
     "save_checkpoint",
     "score_from_energy",
     "train",

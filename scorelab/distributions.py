@@ -77,6 +77,9 @@ class GaussianMixture:
         self._precisions = torch.cholesky_inverse(chol)
         # log w_k - 1/2 log det(2 pi Sigma_k), the x-independent part of each component's log-density
         self._log_norm = self.weights.log() - 0.5 * (D * LOG_2PI + 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1))
+        # Sigma_k = U_k diag(lambda_k) U_k^T: then scale^2 Sigma_k + std^2 I = U_k diag(scale^2 lambda_k + std^2) U_k^T
+        # for any per-sample (scale, std), so noised scores need no per-sample inverse
+        self._eigvals, self._eigvecs = torch.linalg.eigh(covs)
 
     # -- basic properties -------------------------------------------------
     @property
@@ -132,6 +135,54 @@ class GaussianMixture:
         log_comp, prec_diff = self._component_terms(self._flatten(x))
         resp = torch.softmax(log_comp, dim=1)
         return -(resp[..., None] * prec_diff).sum(1).reshape(x.shape).to(x.dtype)
+
+    def noisy_score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        r"""Exact score of p_sigma = p * N(0, sigma^2 I) at x, with `sigma` a float or a `(n,)` tensor (one level per sample).
+
+        Equals `self.convolve(sigma).score(x)` but fused: one eigendecomposition per component
+        at construction serves every sigma, so annealed Langevin with exact scores costs one
+        batched pass per step (lesson 04; `bench/sampling.py` measures it).
+        """
+        flat = self._flatten(x)
+        sigma = check_positive("sigma", sigma)
+        sigma = torch.as_tensor(sigma, dtype=self.dtype, device=self.device).expand(len(flat))
+        ones = torch.ones_like(sigma)
+        return self._affine_score(flat, ones, sigma).reshape(x.shape).to(x.dtype)
+
+    def _affine_score(self, x: torch.Tensor, scale: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """Score of the law of scale * X + std * Z at x `(n, D)`, with per-sample `scale`, `std` of shape `(n,)`."""
+        variances = scale[:, None, None] ** 2 * self._eigvals + std[:, None, None] ** 2  # (n, K, D)
+        coords = torch.einsum("kdj,nkd->nkj", self._eigvecs, x[:, None, :] - scale[:, None, None] * self.means)  # U^T (x - m)
+        scaled = coords / variances
+        log_comp = self.weights.log() - 0.5 * (variances.log().sum(-1) + (coords * scaled).sum(-1))
+        resp = torch.softmax(log_comp, dim=1)
+        return -torch.einsum("kdj,nkj->nd", self._eigvecs, resp[..., None] * scaled)
+
+    def condition(self, mask, values) -> GaussianMixture:
+        r"""The exact conditional law of the unknown coordinates given x[mask] = values: a mixture again.
+
+        Component k: weight proportional to w_k N(values; mu_k,o, Sigma_k,oo); mean
+        mu_k,u + Sigma_k,uo Sigma_k,oo^{-1}(values - mu_k,o); covariance Sigma_k,uu - Sigma_k,uo Sigma_k,oo^{-1} Sigma_k,ou.
+        `mask` is a `(D,)` bool tensor (True = observed), `values` the observed coordinates. Used to
+        check inpainting (lesson 04).
+        """
+        mask = torch.as_tensor(mask, device=self.device)
+        if mask.dtype != torch.bool or mask.shape != (self.dim,):
+            raise ValueError(f"mask must be a bool tensor of shape ({self.dim},), got {mask.dtype} {tuple(mask.shape)}")
+        if mask.all() or not mask.any():
+            raise ValueError("mask must observe some coordinates and leave some unknown")
+        values = _as_float_tensor("values", values, self.dtype, self.device).reshape(-1)
+        if values.shape != (int(mask.sum()),):
+            raise ValueError(f"values must have one entry per observed coordinate ({int(mask.sum())}), got {tuple(values.shape)}")
+        o, u = mask, ~mask
+        cov_oo = self.covs[:, o][:, :, o]
+        cov_uo = self.covs[:, u][:, :, o]
+        observed = GaussianMixture(self.weights, self.means[:, o], cov_oo)
+        log_w = torch.log_softmax(observed._component_terms(values[None])[0][0], dim=0)
+        gain = torch.linalg.solve(cov_oo, cov_uo.transpose(1, 2)).transpose(1, 2)  # Sigma_uo Sigma_oo^{-1}
+        means = self.means[:, u] + (gain @ (values - self.means[:, o])[..., None]).squeeze(-1)
+        covs = self.covs[:, u][:, :, u] - gain @ cov_uo.transpose(1, 2)
+        return GaussianMixture(log_w.exp(), means, 0.5 * (covs + covs.transpose(1, 2)))
 
     def sample(self, n: int, generator=None) -> torch.Tensor:
         """`n` independent samples, shape `(n, D)`; `generator` is a `torch.Generator` or an int seed."""

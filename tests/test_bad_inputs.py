@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scorelab import EMA, GaussianMixture, ScoreMLP, TrainConfig, datasets, fit, losses, metrics, viz
+from scorelab import EMA, GaussianMixture, ScoreMLP, TrainConfig, datasets, fit, losses, metrics, noise, sampling, viz
 
 X = torch.randn(8, 2)
 NAN_X = X.clone().index_put_((torch.tensor([0]), torch.tensor([1])), torch.tensor(math.nan))
@@ -78,6 +78,25 @@ CASES = [
     (lambda: datasets.checkerboard(10, n_squares=1), ValueError, "n_squares"),
     (lambda: viz.plot_field("score"), TypeError, "fn"),
     (lambda: viz.grid(bounds=(0, 0)), ValueError, "bounds"),
+    (lambda: sampling.langevin(score, X, 0.0, 10), ValueError, "step_size"),
+    (lambda: sampling.langevin(score, X, -0.1, 10), ValueError, "step_size"),
+    (lambda: sampling.langevin(score, X, 0.1, -1), ValueError, "n_steps"),
+    (lambda: sampling.langevin(score, NAN_X, 0.1, 1), ValueError, "x"),
+    (lambda: sampling.mala(None, X, 0.1, 1), TypeError, "log_prob"),
+    (lambda: sampling.annealed_langevin(score, X, [], 0.1, 1), ValueError, "sigmas"),
+    (lambda: sampling.annealed_langevin(score, X, [0.1, 1.0], 0.1, 1), ValueError, "sigmas"),
+    (lambda: sampling.annealed_langevin(score, X, [1.0, 1.0], 0.1, 1), ValueError, "sigmas"),
+    (lambda: sampling.annealed_langevin(score, X, [1.0, -0.5], 0.1, 1), ValueError, "sigmas"),
+    (lambda: sampling.annealed_langevin(score, X, [1.0, 0.5], 0.1, -2), ValueError, "n_steps_each"),
+    (lambda: sampling.annealed_langevin(score, X, [1.0, 0.5], 0.1, 1, mask=torch.ones(2, dtype=torch.bool)), ValueError, "mask"),
+    (lambda: noise.geometric_sigmas(0.1, 1.0, 10), ValueError, "sigma_max"),
+    (lambda: noise.geometric_sigmas(1.0, 0.1, 1), ValueError, "n"),
+    (lambda: noise.ratio_for_dimension(0), ValueError, "dim"),
+    (lambda: noise.ratio_for_dimension(100, target=1.5), ValueError, "target"),
+    (lambda: noise.langevin_step_size([1.0, 0.5], 0), ValueError, "n_steps_each"),
+    (lambda: MIX.noisy_score(X, -1.0), ValueError, "sigma"),
+    (lambda: MIX.condition(torch.tensor([True, True]), [0.0, 0.0]), ValueError, "mask"),
+    (lambda: MIX.condition(torch.tensor([True, False]), [0.0, 1.0]), ValueError, "values"),
 ]
 
 
