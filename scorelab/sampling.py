@@ -33,6 +33,10 @@ def _divergence(i: int, where: str) -> ValueError:
     return ValueError(f"Langevin particles became non-finite at step {i} ({where}): the step is too large for this score; reduce step_size")
 
 
+def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
 def _start(score, x, step_size, n_steps, generator, names=("score", "n_steps")):
     check_callable(names[0], score)
     check_tensor("x", x, min_dim=2)
@@ -66,7 +70,7 @@ def langevin(
     noise_scale = math.sqrt(2 * step_size)
     for i in range(n_steps):
         with torch.no_grad():
-            x = x + step_size * score(x) + noise_scale * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x = x + step_size * score(x) + noise_scale * _randn_like(x, generator)
         if not torch.isfinite(x).all():
             raise _divergence(i, f"step_size={step_size:.3g}")
         if callback is not None:
@@ -110,7 +114,7 @@ def mala(
     lp_x, grad_x = log_prob_and_score(x)
     n_accepted = 0
     for i in range(n_steps):
-        y = x + step_size * grad_x + math.sqrt(2 * step_size) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        y = x + step_size * grad_x + math.sqrt(2 * step_size) * _randn_like(x, generator)
         lp_y, grad_y = log_prob_and_score(y)
         log_alpha = lp_y - lp_x + log_q(x, y, grad_y) - log_q(y, x, grad_x)
         u = torch.rand(len(x), generator=generator, dtype=x.dtype, device=x.device)
@@ -172,12 +176,8 @@ def annealed_langevin(
         for _ in range(n_steps_each):
             with torch.no_grad():
                 if mask is not None:
-                    x = torch.where(mask, known + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device), x)
-                x = (
-                    x
-                    + alpha * score(x, sigma_batch)
-                    + noise_scale * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-                )
+                    x = torch.where(mask, known + sigma * _randn_like(x, generator), x)
+                x = x + alpha * score(x, sigma_batch) + noise_scale * _randn_like(x, generator)
             if not torch.isfinite(x).all():
                 raise _divergence(i, f"level {level}, sigma={sigma:.3g}, alpha_i={alpha:.3g} from step_size={step_size:.3g}")
             if callback is not None:

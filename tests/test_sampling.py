@@ -191,7 +191,8 @@ def test_variance_ratio_formula_against_direct_simulation():
     for i in range(1, len(sigmas)):
         x = sigmas[i - 1] * torch.randn(n, 1, dtype=torch.float64, generator=g)
         alpha = eps * sigmas[i].item() ** 2 / sigmas[-1].item() ** 2
-        x = sampling.langevin(lambda v, s2=sigmas[i].item() ** 2: -v / s2, x, alpha, T, generator=g)
+        target_variance = sigmas[i].item() ** 2
+        x = sampling.langevin(lambda v: -v / target_variance, x, alpha, T, generator=g)  # noqa: B023 (used at once)
         measured = x.var().item() / sigmas[i].item() ** 2
         assert abs(measured - ratios[i - 1].item()) < 4 * ratios[i - 1].item() * math.sqrt(2 / (n - 1))
 
