@@ -140,14 +140,20 @@ class GaussianMixture:
         r"""Exact score of p_sigma = p * N(0, sigma^2 I) at x, with `sigma` a float or a `(n,)` tensor (one level per sample).
 
         Equals `self.convolve(sigma).score(x)` but fused: one eigendecomposition per component
-        at construction serves every sigma, so annealed Langevin with exact scores costs one
-        batched pass per step (lesson 04; `bench/sampling.py` measures it).
+        at construction serves every sigma. When all samples share one sigma (every step of
+        annealed Langevin) the work is two small matrix products and a softmax; `bench/sampling.py`
+        measures it (lesson 04).
         """
         flat = self._flatten(x)
         sigma = check_positive("sigma", sigma)
-        sigma = torch.as_tensor(sigma, dtype=self.dtype, device=self.device).expand(len(flat))
-        ones = torch.ones_like(sigma)
-        return self._affine_score(flat, ones, sigma).reshape(x.shape).to(x.dtype)
+        if isinstance(sigma, torch.Tensor) and sigma.numel() > 1 and bool((sigma == sigma.reshape(-1)[0]).all()):
+            sigma = sigma.reshape(-1)[0].item()
+        if isinstance(sigma, float) or sigma.numel() == 1:
+            score = self._shared_affine_score(flat, 1.0, float(sigma))
+        else:
+            sigma = sigma.to(self.dtype).expand(len(flat))
+            score = self._affine_score(flat, torch.ones_like(sigma), sigma)
+        return score.reshape(x.shape).to(x.dtype)
 
     def _affine_score(self, x: torch.Tensor, scale: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """Score of the law of scale * X + std * Z at x `(n, D)`, with per-sample `scale`, `std` of shape `(n,)`."""
@@ -157,6 +163,24 @@ class GaussianMixture:
         log_comp = self.weights.log() - 0.5 * (variances.log().sum(-1) + (coords * scaled).sum(-1))
         resp = torch.softmax(log_comp, dim=1)
         return -torch.einsum("kdj,nkj->nd", self._eigvecs, resp[..., None] * scaled)
+
+    def _shared_affine_score(self, x: torch.Tensor, scale: float, std: float) -> torch.Tensor:
+        """`_affine_score` for one (scale, std) shared by all samples, as matrix products on `(n, K*D)`.
+
+        With R_k = U_k diag(lambda_k')^{-1/2} (lambda' = scale^2 lambda + std^2), R_k R_k^T is the
+        precision, y_k = R_k^T (x - scale mu_k) and the score is -sum_k p(k|x) R_k y_k. Blocks sit
+        side by side, so the sums over each block's D entries are products with a 0/1 selector.
+        """
+        D, K = self.dim, self.n_components
+        variances = scale**2 * self._eigvals + std**2  # (K, D)
+        R = self._eigvecs * variances.rsqrt()[:, None, :]  # (K, D, D)
+        R_cat = R.permute(1, 0, 2).reshape(D, K * D)  # [R_1 ... R_K]
+        offset = torch.einsum("kdj,kd->kj", R, scale * self.means).reshape(K * D)
+        y = torch.addmm(-offset, x, R_cat)  # (n, K*D): block k is R_k^T (x - scale mu_k)
+        select = torch.eye(K, dtype=x.dtype, device=x.device).repeat_interleave(D, dim=0)  # (K*D, K)
+        log_comp = (self.weights.log() - 0.5 * variances.log().sum(-1)) - 0.5 * (y.square() @ select)
+        resp = torch.softmax(log_comp, dim=1)
+        return -(((resp @ select.T) * y) @ R_cat.T)
 
     def condition(self, mask, values) -> GaussianMixture:
         r"""The exact conditional law of the unknown coordinates given x[mask] = values: a mixture again.
