@@ -13,10 +13,10 @@ import torch
 from IPython.display import clear_output, display
 from matplotlib.figure import Figure
 
-from . import losses, viz
-from .datasets import ring_mixture
+from . import losses, noise, sampling, viz
+from .datasets import far_apart_mixture, ring_mixture
 from .metrics import fisher_divergence
-from .nets import ScoreMLP
+from .nets import EMA, ScoreMLP
 from .train import TrainConfig, fit
 
 
@@ -145,4 +145,92 @@ class ScoreFieldExplorer(Explorer):
                 hint = "tick “learned field” to compare"
             right.text(0.5, 0.5, hint, ha="center", va="center", transform=right.transAxes)
             self.status.value = ""
+        return fig
+
+
+class LangevinPlayground(Explorer):
+    """Langevin or annealed Langevin particles on Song & Ermon's far-apart mixture, with the mode weights they recover.
+
+    Controls: step size eps (for annealing: the step at the smallest level, alpha_i = eps sigma_i^2 / sigma_L^2),
+    steps (per level when annealing), particles, the noise range sigma_max..sigma_min (30 geometric
+    levels), annealing on/off, and the score: exact (the mixture's, noised to each level) or learned
+    (a noise-conditional network trained once with the NCSN loss; plain Langevin uses it at sigma_min).
+    Left: particles over the density. Right: recovered mode weights against the truth.
+    Used by `toy/langevin_playground.ipynb`; lessons 03-04 explain what it shows.
+    """
+
+    def __init__(self, n_levels: int = 30, train_steps: int = 2000, seed: int = 0, bounds=(-10.0, 10.0)):
+        self.mixture = far_apart_mixture()
+        self.n_levels, self.bounds, self.seed = n_levels, bounds, seed
+        self.train_config = TrainConfig(n_steps=train_steps, batch_size=512, lr=2e-3, seed=seed)
+        slider = {"continuous_update": False, "style": {"description_width": "initial"}}
+        self.step_size = W.FloatLogSlider(value=2e-3, base=10, min=-5, max=0, step=0.1, description="step size ε", **slider)
+        self.n_steps = W.IntSlider(value=20, min=1, max=500, description="steps (per level)", **slider)
+        self.n_particles = W.IntSlider(value=1000, min=100, max=5000, step=100, description="particles", **slider)
+        self.sigma_max = W.FloatLogSlider(value=20.0, base=10, min=0, max=1.6, step=0.05, description="σ_max", **slider)
+        self.sigma_min = W.FloatLogSlider(value=0.1, base=10, min=-2, max=0, step=0.05, description="σ_min", **slider)
+        self.annealed = W.Checkbox(value=True, description="annealed")
+        self.score_source = W.ToggleButtons(options=["exact", "learned"], value="exact", description="score")
+        self.model: ScoreMLP | None = None
+        super().__init__([self.step_size, self.n_steps, self.n_particles, self.sigma_max, self.sigma_min, self.annealed, self.score_source])
+        self.observe(self.step_size, self.n_steps, self.n_particles, self.sigma_max, self.sigma_min, self.annealed, self.score_source)
+        self.redraw()
+
+    def train(self) -> list[float]:
+        """Train the learned score: a noise-conditional MLP with the NCSN loss over 30 levels from 20 to 0.05."""
+        torch.manual_seed(self.seed)
+        self.model = ScoreMLP(2, hidden=96, n_layers=3, n_fourier=8, log_condition=True, divide_by_sigma=True)
+        ema = EMA(self.model, decay=0.995)
+        sigmas = noise.geometric_sigmas(20.0, 0.05, 30)
+        history = fit(self.model, lambda m, x, g: losses.ncsn(m, x, sigmas, generator=g), self.mixture.sample, self.train_config, ema=ema)
+        self.model = ema.module
+        self.redraw()
+        return history
+
+    def sigmas(self) -> torch.Tensor:
+        sigma_max, sigma_min = self.sigma_max.value, min(self.sigma_min.value, 0.99 * self.sigma_max.value)
+        return noise.geometric_sigmas(sigma_max, sigma_min, self.n_levels)
+
+    def run(self) -> torch.Tensor:
+        """Sample with the current settings (seeded, so a redraw with the same settings is identical)."""
+        sigmas = self.sigmas()
+        learned = self.score_source.value == "learned" and self.model is not None
+        noisy_score = self.model if learned else self.mixture.noisy_score
+        start = self.sigma_max.value * torch.randn(self.n_particles.value, 2, generator=torch.Generator().manual_seed(self.seed))
+        if self.annealed.value:
+            return sampling.annealed_langevin(noisy_score, start, sigmas, self.step_size.value, self.n_steps.value, generator=self.seed + 1)
+        sigma_min = torch.tensor(sigmas[-1].item())
+        return sampling.langevin(
+            lambda x: noisy_score(x, sigma_min.expand(len(x))), start, self.step_size.value, self.n_steps.value, generator=self.seed + 1
+        )
+
+    def draw(self) -> Figure:
+        fig = Figure(figsize=(8.4, 4.0), layout="constrained")
+        left, right = fig.subplots(1, 2, width_ratios=[1.3, 1])
+        viz.plot_density(self.mixture, self.bounds, ax=left)
+        try:
+            x = self.run()
+        except ValueError as err:  # divergence: say so instead of drawing NaNs
+            left.set_title("diverged")
+            self.status.value = f"<b>{err}</b>"
+            self.data = {"particles": np.empty((0, 2)), "weights": np.full(2, np.nan)}
+            right.set_axis_off()
+            return fig
+        inside = ((x.abs() < 50).all(1)).float().mean().item()
+        weights = torch.bincount(self.mixture.responsibilities(x).argmax(1), minlength=2).double() / len(x)
+        viz.plot_samples(x, ax=left, bounds=self.bounds, color="w", s=4, alpha=0.7)
+        mode = "annealed Langevin" if self.annealed.value else "Langevin"
+        total = self.n_steps.value * (self.n_levels if self.annealed.value else 1)
+        left.set_title(f"{mode}, {self.score_source.value} score, {total} steps")
+        positions = np.arange(2)
+        right.bar(positions - 0.2, self.mixture.weights.numpy(), width=0.4, label="true weight", color="0.6")
+        right.bar(positions + 0.2, weights.numpy(), width=0.4, label="recovered", color=viz.FIELD_COLOR)
+        right.set(xticks=positions, xticklabels=["mode (−5, −5)", "mode (5, 5)"], ylim=(0, 1), title="mode weights")
+        right.legend()
+        se = np.sqrt(0.16 / len(x))
+        self.data = {"particles": x.numpy(), "weights": weights.numpy()}
+        hint = "" if self.score_source.value == "exact" or self.model is not None else " (no learned model yet: showing the exact score)"
+        self.status.value = (
+            f"small mode: {weights[0]:.3f} (true 0.200, standard error {se:.3f}); {100 * inside:.0f}% of particles inside |x| < 50{hint}"
+        )
         return fig
