@@ -1,13 +1,15 @@
 """scorelab: score-based generative modelling, taught by experiment against exact answers.
 
 Public names are re-exported here; submodules hold the rest:
-`datasets`, `distributions`, `losses`, `metrics`, `nets`, `noise`, `sampling`, `train`, `viz`, and
+`datasets`, `distributions`, `likelihood`, `losses`, `metrics`, `nets`, `noise`, `sampling`, `sde`,
+`train`, `viz`, and
 `widgets` (imported on demand: it needs ipywidgets).
 """
 
-from . import datasets, distributions, losses, metrics, nets, noise, sampling, train, viz
+from . import datasets, distributions, likelihood, losses, metrics, nets, noise, sampling, sde, train, viz
 from .distributions import GaussianMixture, banana_energy, score_from_energy
 from .nets import EMA, EnergyMLP, FourierFeatures, ScoreMLP
+from .sde import OUSDE, SDE, VESDE, VPSDE, SubVPSDE
 from .train import CheckpointError, TrainConfig, fit, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
@@ -18,12 +20,18 @@ __all__ = [
     "EnergyMLP",
     "FourierFeatures",
     "GaussianMixture",
+    "OUSDE",
+    "SDE",
+    "SubVPSDE",
+    "VESDE",
+    "VPSDE",
     "ScoreMLP",
     "TrainConfig",
     "banana_energy",
     "datasets",
     "distributions",
     "fit",
+    "likelihood",
     "load_checkpoint",
     "losses",
     "metrics",
@@ -31,6 +39,7 @@ __all__ = [
     "noise",
     "sampling",
     "save_checkpoint",
+    "sde",
     "score_from_energy",
     "train",
     "viz",

@@ -142,15 +142,44 @@ class GaussianMixture:
         annealed Langevin) the work is two small matrix products and a softmax; `bench/sampling.py`
         measures it (lesson 04).
         """
-        flat = self._flatten(x)
         sigma = check_positive("sigma", sigma)
-        if isinstance(sigma, torch.Tensor) and sigma.numel() > 1 and bool((sigma == sigma.reshape(-1)[0]).all()):
-            sigma = sigma.reshape(-1)[0].item()
-        if isinstance(sigma, float) or sigma.numel() == 1:
-            score = self._shared_affine_score(flat, 1.0, float(sigma))
+        return self._score_of_affine(x, 1.0, sigma)
+
+    def marginal(self, sde, t: float) -> GaussianMixture:
+        """The exact law of x_t when x_0 ~ self and x follows the linear `sde`: a mixture (lesson 05)."""
+        mean_scale, std = sde.marginal_coeffs(sde.check_time(t))
+        if std.numel() != 1:
+            raise ValueError("marginal(sde, t) takes one time t (a float); use marginal_score for a batch of times")
+        return self.affine(mean_scale.item(), std.item())
+
+    def marginal_score(self, sde):
+        r"""The exact score \nabla_x log p_t(x) of the marginals of `sde` started at this mixture, as `score(x, t)`.
+
+        `t` is a float or a `(n,)` tensor of times in [0, T]. The ground truth for every SDE experiment (lesson 05).
+        """
+
+        def score(x: torch.Tensor, t) -> torch.Tensor:
+            mean_scale, std = sde.marginal_coeffs(sde.check_time(t))
+            return self._score_of_affine(x, mean_scale, std)
+
+        return score
+
+    def _score_of_affine(self, x: torch.Tensor, scale, std) -> torch.Tensor:
+        """Score of scale * X + std * Z at x, for float or per-sample `(n,)` scale and std; shared values take the fast path."""
+        flat = self._flatten(x)
+
+        def shared_value(v):
+            if not isinstance(v, torch.Tensor):
+                return float(v)
+            v = v.reshape(-1)
+            return v[0].item() if bool((v == v[0]).all()) else None
+
+        scale_value, std_value = shared_value(scale), shared_value(std)
+        if scale_value is not None and std_value is not None:
+            score = self._shared_affine_score(flat, scale_value, std_value)
         else:
-            sigma = sigma.to(self.dtype).expand(len(flat))
-            score = self._affine_score(flat, torch.ones_like(sigma), sigma)
+            per_sample = lambda v: torch.as_tensor(v, dtype=self.dtype, device=self.device).expand(len(flat))
+            score = self._affine_score(flat, per_sample(scale), per_sample(std))
         return score.reshape(x.shape).to(x.dtype)
 
     def _affine_score(self, x: torch.Tensor, scale: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ so the same call serves 2-D points and images. Introduced in lesson 02.
     ssm   sliced score matching        E[v^T \nabla_x s(x) v + 1/2 (v^T s(x))^2]     (Song et al. 2019)
     dsm   denoising score matching     1/2 E||s(x~) + (x~ - x)/sigma^2||^2           (Vincent 2011)
     ncsn  multi-scale DSM, lambda(sigma) = sigma^2                               (Song & Ermon 2019, Eq. 6)
+    sde_dsm  continuous-time DSM for an SDE, lambda(t) = s(t)^2 or g(t)^2          (Song et al. 2021, Eq. 7)
 """
 
 from __future__ import annotations
@@ -180,3 +181,36 @@ def _standard_noise(x, generator, noise):
     if noise.shape != x.shape:
         raise ValueError(f"noise must have x's shape {tuple(x.shape)}, got {tuple(noise.shape)}")
     return noise
+
+
+#: weightings lambda(t) of the continuous-time DSM loss
+SDE_WEIGHTINGS = ("sigma2", "likelihood")
+
+
+def sde_dsm(
+    score, x: torch.Tensor, sde, weighting: str = "sigma2", eps: float = 1e-5, generator=None, *, reduction: str = "mean"
+) -> torch.Tensor:
+    r"""Continuous-time denoising score matching (Song et al. 2021, Eq. 7).
+
+    t ~ U(eps, T), x_t = m(t) x + s(t) z, and 1/2 lambda(t) ||s_theta(x_t, t) + z / s(t)||^2 with
+    lambda(t) = s(t)^2 (`"sigma2"`: the loss is 1/2 ||s(t) s_theta + z||^2, every t weighted alike) or
+    lambda(t) = g(t)^2 (`"likelihood"`: the loss bounds the negative log-likelihood, Song et al. 2021b).
+    `score(x, t)` receives the forward time t as a `(batch,)` tensor. Introduced in lesson 05.
+    """
+    _prepare(score, x, reduction)
+    check_choice("weighting", weighting, SDE_WEIGHTINGS)
+    eps = check_positive("eps", eps, allow_tensor=False)
+    if eps >= sde.T:
+        raise ValueError(f"eps must be below T = {sde.T}, got {eps}")
+    generator = as_generator(generator, x.device)
+    t = eps + (sde.T - eps) * torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    mean_scale, std = (append_dims(c.to(x.dtype), x.ndim) for c in sde.marginal_coeffs(t))
+    z = _standard_noise(x, generator, None)
+    s = score(mean_scale * x + std * z, t)
+    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
+        raise ValueError(f"score(x, t) must return a tensor of x's shape {tuple(x.shape)}")
+    if weighting == "sigma2":
+        per_sample = 0.5 * _flat_sum((std * s + z) ** 2)
+    else:
+        per_sample = 0.5 * sde.diffusion(t).to(x.dtype) ** 2 * _flat_sum((s + z / std) ** 2)
+    return _reduce(per_sample, reduction)

@@ -15,7 +15,10 @@ the Euler-Maruyama step of dX = grad log p(X) dt + sqrt(2) dB with time step eps
 Song & Ermon 2020, "Improved techniques", Alg. 1). Song & Ermon 2019, Alg. 1 write
 x <- x + (alpha/2) s + sqrt(alpha) z: the same chain with alpha = 2 eps.
 
-Introduced in lessons 03 (`langevin`, `mala`) and 04 (`annealed_langevin`).
+The reverse-time SDE samplers (`pc_sample`) and the probability-flow ODE (`ode_sample`) follow
+Song et al. 2021; their callbacks carry the forward time `t` instead of `sigma`.
+
+Introduced in lessons 03 (`langevin`, `mala`), 04 (`annealed_langevin`) and 05 (`pc_sample`, `ode_sample`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import append_dims, as_generator, check_callable, check_int, check_positive, check_tensor
+from ._checks import append_dims, as_generator, check_callable, check_choice, check_int, check_positive, check_tensor
 from .noise import check_sigmas
+from .sde import probability_flow_drift, reverse_drift
 
 
 def _divergence(i: int, where: str) -> ValueError:
@@ -189,3 +193,213 @@ def annealed_langevin(
         if mask is not None:
             x = torch.where(mask, known, x)
     return x
+
+
+# --- reverse-time SDE: predictor-corrector samplers (Song et al. 2021, Sec. 4.2, App. G) -----------------------
+# A predictor moves x from time t to t_next < t and returns (x, x_mean); z is the step's standard noise.
+
+
+def _time_batch(t: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((len(x),), t, dtype=x.dtype, device=x.device)
+
+
+def _euler_maruyama(sde, score, x, t, t_next, z):
+    """x <- x - [f(t) x - g(t)^2 s(x, t)] |dt| + g(t) sqrt(|dt|) z."""
+    dt = t - t_next
+    mean = x - reverse_drift(sde, score, x, _time_batch(t, x)) * dt
+    return mean + append_dims(sde.diffusion(_time_batch(t, x)).to(x.dtype), x.ndim) * math.sqrt(dt) * z, mean
+
+
+def _reverse_diffusion(sde, score, x, t, t_next, z):
+    """Reverse the exact forward step x_t = a x_next + b z: x <- x - (a - 1) x + b^2 s(x, t) + b z (Song et al. 2021, Eq. 46)."""
+    a, b = (c.item() for c in sde.transition_coeffs(t_next, t))
+    mean = (2 - a) * x + b**2 * score(x, _time_batch(t, x))
+    return mean + b * z, mean
+
+
+def _ancestral(sde, score, x, t, t_next, z):
+    """The SMLD (VE) or DDPM (VP) ancestral step that the SDE defines: x <- a x + b s(x, t) + c z."""
+    a, b, c = (v.item() for v in sde.ancestral_coeffs(t, t_next))
+    mean = a * x + b * score(x, _time_batch(t, x))
+    return mean + c * z, mean
+
+
+def _langevin_corrector(sde, score, x, t, t_prev, z, snr):
+    """One Langevin step at time t with eps = 2 alpha (snr ||z|| / ||s||)^2 (Song et al. 2021, Alg. 5).
+
+    alpha = (m(t_prev) / m(t))^2 with t_prev > t the step's start: 1 for VE, 1 - beta_i for VP and sub-VP
+    (the official code's `alphas`).
+    The norms are batch means of per-sample norms, as in the official code.
+    """
+    s = score(x, _time_batch(t, x))
+    alpha = (sde.transition_coeffs(t, t_prev)[0] ** 2).item()
+    grad_norm = s.reshape(len(s), -1).norm(dim=1).mean()
+    noise_norm = z.reshape(len(z), -1).norm(dim=1).mean()
+    step = 2 * alpha * (snr * noise_norm / grad_norm.clamp_min(1e-12)) ** 2
+    mean = x + step * s
+    return mean + (2 * step).sqrt() * z, mean
+
+
+#: predictors and correctors of `pc_sample`, by name (None: skip that half)
+PREDICTORS = {"euler_maruyama": _euler_maruyama, "reverse_diffusion": _reverse_diffusion, "ancestral": _ancestral, None: None}
+CORRECTORS = {"langevin": _langevin_corrector, None: None}
+
+
+def _check_eps(sde, eps) -> float:
+    eps = check_positive("eps", eps, allow_tensor=False)
+    if eps >= sde.T:
+        raise ValueError(f"eps must be below T = {sde.T}, got {eps}")
+    return eps
+
+
+def _tweedie(sde, score, x, t: float) -> torch.Tensor:
+    """E[x_0 | x_t] = (x + s(t)^2 grad log p_t(x)) / m(t) for a linear SDE."""
+    mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
+    return (x + std**2 * score(x, _time_batch(t, x))) / mean_scale
+
+
+def pc_sample(
+    score: Callable,
+    sde,
+    x: torch.Tensor,
+    n_steps: int,
+    *,
+    predictor: str | None = "reverse_diffusion",
+    corrector: str | None = "langevin",
+    snr: float = 0.16,
+    n_corrector_steps: int = 1,
+    eps: float = 1e-3,
+    denoise: bool = True,
+    generator=None,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    r"""Predictor-corrector sampling of the reverse-time SDE (Song et al. 2021, Alg. 1-3).
+
+    From x_T (the prior sample `x`, supplied by the caller) over `n_steps` equal steps down to t = eps.
+    Each step runs the predictor from t_k to t_{k+1} and then `n_corrector_steps` Langevin corrector
+    steps at t_{k+1}, as in Algorithms 2-3 of the paper. (The official PyTorch code runs the corrector
+    first, at t_k, then the predictor: the same chain except that it corrects at T, where x is already a
+    prior sample, and never at eps. Correcting after predicting spends every correction on the
+    distribution the predictor has just produced, ending with one at t = eps.)
+
+    Predictors: "euler_maruyama", "reverse_diffusion", "ancestral" (VE and VP only), or None.
+    Correctors: "langevin" (step from the signal-to-noise ratio `snr`), or None.
+    With `denoise`, a final Tweedie step returns E[x_0 | x_eps] instead of x_eps.
+
+    Args:
+        score: `(x, t) -> s(x, t)`, `t` a `(batch,)` tensor of forward times.
+        sde: a `scorelab.sde.SDE`. x: `(batch, *dims)`, e.g. `sde.prior_sample(shape)`.
+    Returns:
+        samples of x's shape. `callback` gets `{"x", "x_mean", "i", "t"}` after every step.
+    Introduced in lesson 05.
+    """
+    check_callable("score", score)
+    check_tensor("x", x, min_dim=2)
+    check_int("n_steps", n_steps, minimum=1)
+    check_int("n_corrector_steps", n_corrector_steps, minimum=0)
+    check_choice("predictor", predictor, PREDICTORS)
+    check_choice("corrector", corrector, CORRECTORS)
+    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not (math.isfinite(snr) and snr >= 0):
+        raise ValueError(f"snr must be a finite number >= 0, got {snr!r}")
+    if predictor is None and (corrector is None or n_corrector_steps == 0):
+        raise ValueError("predictor and corrector cannot both be None: nothing would move")
+    eps = _check_eps(sde, eps)
+    generator = as_generator(generator, x.device)
+    times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
+    predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
+    x = x.detach().clone()
+    x_mean = x
+    with torch.no_grad():
+        for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+            if predict is not None:
+                x, x_mean = predict(sde, score, x, t, t_next, _randn_like(x, generator))
+            if correct is not None:
+                for _ in range(n_corrector_steps):
+                    x, x_mean = correct(sde, score, x, t_next, t, _randn_like(x, generator), snr)
+            if not torch.isfinite(x).all():
+                raise _divergence(
+                    i, f"t={t_next:.4g}, predictor={predictor}, corrector={corrector}, snr={snr}: lower snr or take more steps"
+                )
+            if callback is not None:
+                callback({"x": x, "x_mean": x_mean, "i": i, "t": t_next})
+        return _tweedie(sde, score, x, eps) if denoise else x
+
+
+# --- probability-flow ODE -----------------------------------------------------------------------------------
+
+#: torchdiffeq methods accepted by `ode_sample` and `likelihood.log_prob`: adaptive ones, and fixed-step ones (need n_steps)
+ODE_METHODS = {
+    "dopri5": "adaptive",
+    "bosh3": "adaptive",
+    "adaptive_heun": "adaptive",
+    "euler": "fixed",
+    "midpoint": "fixed",
+    "rk4": "fixed",
+}
+
+
+def integrate_ode(func, y0, t_start: float, t_end: float, *, method: str, rtol: float, atol: float, n_steps: int | None, interval):
+    """Integrate dy/dt = func(t, y) from t_start to t_end with torchdiffeq, never evaluating func outside `interval`.
+
+    Adaptive solvers may step past the end point and evaluate the field there; stepping to the end
+    point exactly (`step_t`) prevents it, and clamping t into `interval` absorbs the last ulp.
+    """
+    from torchdiffeq import odeint  # imported here: only the ODE paths need it
+
+    check_choice("method", method, ODE_METHODS)
+    check_positive("rtol", rtol, allow_tensor=False)
+    check_positive("atol", atol, allow_tensor=False)
+    lo, hi = interval
+    if ODE_METHODS[method] == "fixed":
+        if n_steps is None:
+            raise ValueError(f"method={method!r} is fixed-step: give n_steps")
+        options = {"step_size": abs(t_end - t_start) / check_int("n_steps", n_steps, minimum=1)}
+    else:
+        options = {"step_t": torch.tensor([t_end], dtype=torch.float64)}
+
+    def guarded(t, y):
+        return func(t.clamp(lo, hi), y)
+
+    ref = y0[0] if isinstance(y0, tuple) else y0
+    times = torch.tensor([t_start, t_end], dtype=ref.dtype, device=ref.device)
+    solution = odeint(guarded, y0, times, method=method, rtol=rtol, atol=atol, options=options)
+    return tuple(s[-1] for s in solution) if isinstance(y0, tuple) else solution[-1]
+
+
+def ode_sample(
+    score: Callable,
+    sde,
+    x: torch.Tensor,
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    eps: float = 1e-3,
+    n_steps: int | None = None,
+    return_nfe: bool = False,
+):
+    r"""Sample by integrating the probability-flow ODE dx/dt = f(t) x - g(t)^2 s(x, t) / 2 from T down to eps.
+
+    Deterministic given x_T, with the same marginals p_t as the SDE (Song et al. 2021, Sec. 4.3). Runs on
+    x's device through torchdiffeq, no numpy round trips. The score is never called outside [eps, T].
+
+    Args:
+        method: an adaptive torchdiffeq solver ("dopri5", "bosh3", "adaptive_heun") with `rtol`, `atol`,
+            or a fixed-step one ("euler", "midpoint", "rk4") with `n_steps`.
+    Returns:
+        x_eps, or `(x_eps, nfe)` with the number of score evaluations when `return_nfe`.
+    Introduced in lesson 05.
+    """
+    check_callable("score", score)
+    check_tensor("x", x, min_dim=2)
+    eps = _check_eps(sde, eps)
+    nfe = 0
+
+    def flow(t, y):
+        nonlocal nfe
+        nfe += 1
+        return probability_flow_drift(sde, score, y, t.to(y.dtype).expand(len(y)))
+
+    with torch.no_grad():
+        out = integrate_ode(flow, x.detach(), sde.T, eps, method=method, rtol=rtol, atol=atol, n_steps=n_steps, interval=(eps, sde.T))
+    return (out, nfe) if return_nfe else out

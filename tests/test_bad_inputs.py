@@ -5,7 +5,22 @@ import math
 import pytest
 import torch
 
-from scorelab import EMA, GaussianMixture, ScoreMLP, TrainConfig, datasets, fit, losses, metrics, noise, sampling, viz
+from scorelab import (
+    EMA,
+    VESDE,
+    VPSDE,
+    GaussianMixture,
+    ScoreMLP,
+    TrainConfig,
+    datasets,
+    fit,
+    likelihood,
+    losses,
+    metrics,
+    noise,
+    sampling,
+    viz,
+)
 
 X = torch.randn(8, 2)
 NAN_X = X.clone().index_put_((torch.tensor([0]), torch.tensor([1])), torch.tensor(math.nan))
@@ -14,6 +29,13 @@ MIX = datasets.ring_mixture(n_modes=2)
 
 def score(x):
     return -x
+
+
+def time_score(x, t):
+    return -x
+
+
+VP = VPSDE()
 
 
 CASES = [
@@ -97,6 +119,29 @@ CASES = [
     (lambda: MIX.noisy_score(X, -1.0), ValueError, "sigma"),
     (lambda: MIX.condition(torch.tensor([True, True]), [0.0, 0.0]), ValueError, "mask"),
     (lambda: MIX.condition(torch.tensor([True, False]), [0.0, 1.0]), ValueError, "values"),
+    (lambda: VP.marginal_coeffs(VP.check_time(1.5)), ValueError, "t"),
+    (lambda: VP.marginal_sample(X, -0.1), ValueError, "t"),
+    (lambda: VP.marginal_sample(X, "half"), TypeError, "t"),
+    (lambda: MIX.marginal(VP, 2.0), ValueError, "t"),
+    (lambda: MIX.marginal_score(VP)(X, torch.full((8,), -1.0)), ValueError, "t"),
+    (lambda: VESDE(sigma_min=1.0, sigma_max=0.5), ValueError, "sigma_max"),
+    (lambda: VPSDE(beta_min=-0.1), ValueError, "beta_min"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 0), ValueError, "n_steps"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 10, predictor="heun"), ValueError, "predictor"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 10, corrector="hmc"), ValueError, "corrector"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 10, snr=-0.1), ValueError, "snr"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 10, eps=0.0), ValueError, "eps"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 10, eps=1.5), ValueError, "eps"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 10, n_corrector_steps=-1), ValueError, "n_corrector_steps"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 10, predictor=None, corrector=None), ValueError, "predictor"),
+    (lambda: sampling.ode_sample(time_score, VP, X, method="lsoda"), ValueError, "method"),
+    (lambda: sampling.ode_sample(time_score, VP, X, eps=-1e-3), ValueError, "eps"),
+    (lambda: likelihood.log_prob(time_score, VP, X, divergence="trace"), ValueError, "divergence"),
+    (lambda: likelihood.log_prob(time_score, VP, X, divergence="hutchinson", n_probes=0), ValueError, "n_probes"),
+    (lambda: likelihood.bits_per_dim(time_score, VP, torch.full((2, 4), 300)), ValueError, "images"),
+    (lambda: likelihood.bits_per_dim(time_score, VP, torch.rand(2, 4)), TypeError, "images"),
+    (lambda: losses.sde_dsm(time_score, X, VP, weighting="uniform"), ValueError, "weighting"),
+    (lambda: losses.sde_dsm(time_score, X, VP, eps=2.0), ValueError, "eps"),
 ]
 
 

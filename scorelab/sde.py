@@ -1,0 +1,222 @@
+r"""Forward SDEs dX = f(t) X dt + g(t) dB, their Gaussian transition kernels, and the reverse-time drifts.
+
+Every SDE here is linear in x, so p_{0t}(x_t | x_0) = N(m(t) x_0, s(t)^2 I) with `marginal_coeffs(t) = (m(t), s(t))`,
+and a Gaussian mixture stays a Gaussian mixture (`GaussianMixture.marginal`): the exact score of every
+marginal p_t is available, for every SDE (Song et al. 2021, *Score-based generative modeling through
+SDEs*, Sec. 3 and App. B). Samplers, losses and likelihoods are written once against this interface.
+
+    VESDE(sigma_min, sigma_max)          f = 0,           g = sigma(t) sqrt(2 log(sigma_max / sigma_min))
+    VPSDE(beta_min, beta_max)            f = -beta(t)/2,  g = sqrt(beta(t)),          beta linear on [0, 1]
+    SubVPSDE(beta_min, beta_max)         f = -beta(t)/2,  g = sqrt(beta(t) (1 - exp(-2 int_0^t beta)))
+    OUSDE(T)                             f = -1,          g = sqrt(2)                 (Chen et al. 2023)
+
+`t` is a float or a `(batch,)` tensor; coefficients come back as tensors of t's shape (float64 for
+floats). Introduced in lesson 05.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import append_dims, as_generator, check_positive, check_tensor
+
+
+def _as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        if not t.is_floating_point():
+            raise TypeError(f"t must be a float or a floating tensor, got dtype {t.dtype}")
+        return t
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"t must be a float or a (batch,) tensor, got {type(t).__name__}")
+    if like is not None:
+        return torch.full((len(like),), float(t), dtype=like.dtype, device=like.device)
+    return torch.tensor(float(t), dtype=torch.float64)
+
+
+class SDE:
+    """A linear forward SDE dX = f(t) X dt + g(t) dB on [0, T]. Subclasses define the schedule."""
+
+    T: float = 1.0
+
+    # -- the schedule: subclasses implement these three ---------------------------------------
+    def drift_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        """f(t): the drift is f(t) x."""
+        raise NotImplementedError
+
+    def diffusion(self, t) -> torch.Tensor:
+        """g(t)."""
+        raise NotImplementedError
+
+    def marginal_coeffs(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m(t), s(t)): p_0t(x_t | x_0) = N(m(t) x_0, s(t)^2 I)."""
+        raise NotImplementedError
+
+    def prior_std(self) -> float:
+        """Standard deviation of the prior N(0, prior_std^2 I) that stands in for p_T."""
+        return 1.0
+
+    # -- derived, shared by every SDE ---------------------------------------------------------
+    def check_time(self, t, name: str = "t") -> torch.Tensor:
+        """`t` as a tensor, with every entry in [0, T]."""
+        t = _as_time(t)
+        if not (torch.isfinite(t).all() and (t >= 0).all() and (t <= self.T).all()):
+            raise ValueError(f"{name} must lie in [0, T] = [0, {self.T}], got {t.min().item():.4g}..{t.max().item():.4g}")
+        return t
+
+    def drift(self, x: torch.Tensor, t) -> torch.Tensor:
+        """f(t) x, with `t` a float or `(batch,)` tensor."""
+        return append_dims(self.drift_coeff(_as_time(t, x)).to(x.dtype), x.ndim) * x
+
+    def marginal_sample(self, x0: torch.Tensor, t, generator=None) -> torch.Tensor:
+        """A draw of x_t given x_0: m(t) x_0 + s(t) z."""
+        check_tensor("x0", x0, min_dim=2)
+        mean_scale, std = self.marginal_coeffs(self.check_time(_as_time(t, x0)))
+        z = torch.randn(x0.shape, generator=as_generator(generator, x0.device), dtype=x0.dtype, device=x0.device)
+        return append_dims(mean_scale.to(x0.dtype), x0.ndim) * x0 + append_dims(std.to(x0.dtype), x0.ndim) * z
+
+    def prior_sample(self, shape, generator=None, dtype=None, device=None) -> torch.Tensor:
+        """x_T ~ N(0, prior_std^2 I) of the given shape `(batch, *dims)`."""
+        return self.prior_std() * torch.randn(shape, generator=as_generator(generator, device), dtype=dtype, device=device)
+
+    def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log N(x; 0, prior_std^2 I), shape `(batch,)`."""
+        flat = x.reshape(len(x), -1)
+        var = self.prior_std() ** 2
+        return -0.5 * (flat**2).sum(1) / var - 0.5 * flat.shape[1] * math.log(2 * math.pi * var)
+
+    def transition_coeffs(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a, b) with x_t = a x_s + b z for s < t: a = m(t)/m(s), b^2 = s(t)^2 - a^2 s(s)^2 (exact for linear SDEs)."""
+        m_s, std_s = self.marginal_coeffs(s)
+        m_t, std_t = self.marginal_coeffs(t)
+        a = m_t / m_s
+        return a, (std_t**2 - a**2 * std_s**2).clamp_min(0).sqrt()
+
+    def ancestral_coeffs(self, t, t_next) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a, b, c) of one ancestral step t -> t_next < t: x <- a x + b s(x, t) + c z. VE and VP only."""
+        raise ValueError(f"ancestral sampling is defined for VESDE and VPSDE (Song et al. 2021, App. F), not {type(self).__name__}")
+
+
+class VESDE(SDE):
+    """Variance exploding: sigma(t) = sigma_min (sigma_max / sigma_min)^t, no drift (SMLD / NCSN in the limit)."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        self.sigma_min = check_positive("sigma_min", sigma_min, allow_tensor=False)
+        self.sigma_max = check_positive("sigma_max", sigma_max, allow_tensor=False)
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max must exceed sigma_min, got {sigma_max} <= {sigma_min}")
+        self.log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def sigma(self, t) -> torch.Tensor:
+        return self.sigma_min * torch.exp(_as_time(t) * self.log_ratio)
+
+    def drift_coeff(self, t):
+        return torch.zeros_like(_as_time(t))
+
+    def diffusion(self, t):
+        return self.sigma(t) * math.sqrt(2 * self.log_ratio)
+
+    def marginal_coeffs(self, t):
+        # int_0^t g^2 = sigma(t)^2 - sigma_min^2 exactly (the usual std = sigma(t) drops sigma_min^2)
+        t = _as_time(t)
+        return torch.ones_like(t), (self.sigma(t) ** 2 - self.sigma_min**2).sqrt()
+
+    def prior_std(self):
+        return self.sigma_max
+
+    def ancestral_coeffs(self, t, t_next):
+        # SMLD ancestral step (Song et al. 2021, Eq. 47): x <- x + (s_t^2 - s_n^2) s + sqrt(s_n^2 (s_t^2 - s_n^2) / s_t^2) z
+        var_t, var_n = self.marginal_coeffs(t)[1] ** 2, self.marginal_coeffs(t_next)[1] ** 2
+        return torch.ones_like(var_t), var_t - var_n, (var_n * (var_t - var_n) / var_t).sqrt()
+
+    def __repr__(self):
+        return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
+
+
+class VPSDE(SDE):
+    """Variance preserving: beta(t) = beta_min + t (beta_max - beta_min), the continuous DDPM."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        self.beta_min = check_positive("beta_min", beta_min, allow_tensor=False)
+        self.beta_max = check_positive("beta_max", beta_max, allow_tensor=False)
+        if self.beta_max < self.beta_min:
+            raise ValueError(f"beta_max must be >= beta_min, got {beta_max} < {beta_min}")
+
+    def beta(self, t) -> torch.Tensor:
+        return self.beta_min + _as_time(t) * (self.beta_max - self.beta_min)
+
+    def integrated_beta(self, t) -> torch.Tensor:
+        """int_0^t beta = beta_min t + (beta_max - beta_min) t^2 / 2."""
+        t = _as_time(t)
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def drift_coeff(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion(self, t):
+        return self.beta(t).sqrt()
+
+    def marginal_coeffs(self, t):
+        alpha_bar = torch.exp(-self.integrated_beta(t))
+        return alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+
+    def ancestral_coeffs(self, t, t_next):
+        # DDPM ancestral step (Ho et al. 2020; Song et al. 2021, Eq. 47) with beta_i = 1 - alpha_bar(t) / alpha_bar(t_next):
+        # x <- (x + beta_i s) / sqrt(1 - beta_i) + sqrt(beta_i) z
+        beta_i = 1 - torch.exp(self.integrated_beta(t_next) - self.integrated_beta(t))
+        scale = (1 - beta_i).rsqrt()
+        return scale, beta_i * scale, beta_i.sqrt()
+
+    def __repr__(self):
+        return f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max})"
+
+
+class SubVPSDE(VPSDE):
+    """Sub-VP: the VP drift with g(t)^2 = beta(t) (1 - exp(-2 int_0^t beta)); its variance stays below VP's."""
+
+    def diffusion(self, t):
+        return (self.beta(t) * (1 - torch.exp(-2 * self.integrated_beta(t)))).sqrt()
+
+    def marginal_coeffs(self, t):
+        alpha_bar = torch.exp(-self.integrated_beta(t))
+        return alpha_bar.sqrt(), 1 - alpha_bar  # std, not variance: s(t) = 1 - exp(-int beta)
+
+    def ancestral_coeffs(self, t, t_next):
+        return SDE.ancestral_coeffs(self, t, t_next)
+
+
+class OUSDE(SDE):
+    """The Ornstein-Uhlenbeck process dX = -X dt + sqrt(2) dB on [0, T], stationary law N(0, I) (Chen et al. 2023)."""
+
+    def __init__(self, T: float = 5.0):
+        self.T = check_positive("T", T, allow_tensor=False)
+
+    def drift_coeff(self, t):
+        return -torch.ones_like(_as_time(t))
+
+    def diffusion(self, t):
+        return math.sqrt(2) * torch.ones_like(_as_time(t))
+
+    def marginal_coeffs(self, t):
+        t = _as_time(t)
+        return torch.exp(-t), (-torch.expm1(-2 * t)).sqrt()
+
+    def __repr__(self):
+        return f"OUSDE(T={self.T})"
+
+
+def reverse_drift(sde: SDE, score, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    r"""Drift of the reverse-time SDE, f(t) x - g(t)^2 s(x, t) (Anderson 1982; Song et al. 2021, Eq. 6)."""
+    g2 = append_dims(sde.diffusion(t).to(x.dtype) ** 2, x.ndim)
+    return sde.drift(x, t) - g2 * score(x, t)
+
+
+def probability_flow_drift(sde: SDE, score, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    r"""Drift of the probability-flow ODE, f(t) x - g(t)^2 s(x, t) / 2: same marginals, no noise (Song et al. 2021, Eq. 13)."""
+    g2 = append_dims(sde.diffusion(t).to(x.dtype) ** 2, x.ndim)
+    return sde.drift(x, t) - 0.5 * g2 * score(x, t)
+
+
+#: the SDEs by name, for widgets and parametrised tests
+SDES = {"VE": VESDE, "VP": VPSDE, "sub-VP": SubVPSDE, "OU": OUSDE}

@@ -1,0 +1,234 @@
+"""SDEs, reverse-time samplers, the probability-flow ODE and likelihoods, against exact mixture marginals."""
+
+import math
+
+import pytest
+import torch
+
+from scorelab import OUSDE, VESDE, VPSDE, GaussianMixture, SubVPSDE, likelihood, losses, sampling
+from scorelab.datasets import ring_mixture
+from scorelab.metrics import tv_grid
+
+SDES = {"VE": VESDE(0.01, 10.0), "VP": VPSDE(), "subVP": SubVPSDE(), "OU": OUSDE(T=5.0)}
+MIX = ring_mixture(n_modes=4, radius=3.0, std=0.6)
+
+
+def euler_maruyama_forward(sde, x0, t_end, n_steps, generator):
+    """Simulate the forward SDE with its own drift and diffusion only (independent of marginal_coeffs)."""
+    x, dt = x0.clone(), t_end / n_steps
+    for k in range(n_steps):
+        t = torch.full((len(x),), k * dt, dtype=x.dtype)
+        g = sde.diffusion(t).to(x.dtype)[:, None]
+        x = x + sde.drift(x, t) * dt + g * math.sqrt(dt) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    return x
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_marginal_coefficients_solve_their_moment_odes(name):
+    # for dX = f X dt + g dB: m' = f m and (s^2)' = 2 f s^2 + g^2, with m(0) = 1, s(0) = 0
+    sde = SDES[name]
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64) * sde.T
+    h = 1e-5
+    m, s = sde.marginal_coeffs(t)
+    m_plus, s_plus = sde.marginal_coeffs(t + h)
+    m_minus, s_minus = sde.marginal_coeffs(t - h)
+    f, g = sde.drift_coeff(t), sde.diffusion(t)
+    torch.testing.assert_close((m_plus - m_minus) / (2 * h), f * m, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close((s_plus**2 - s_minus**2) / (2 * h), 2 * f * s**2 + g**2, rtol=1e-6, atol=1e-7)
+    m0, s0 = sde.marginal_coeffs(0.0)
+    assert m0.item() == pytest.approx(1.0) and s0.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_marginal_coefficients_closed_forms():
+    t = 0.37
+    ve, vp, sub, ou = SDES["VE"], SDES["VP"], SDES["subVP"], SDES["OU"]
+    assert ve.marginal_coeffs(t)[1].item() == pytest.approx(math.sqrt((0.01 * 1000**t) ** 2 - 0.01**2))
+    integral = 0.1 * t + 0.5 * 19.9 * t**2
+    assert vp.marginal_coeffs(t)[0].item() == pytest.approx(math.exp(-0.5 * integral))
+    assert vp.marginal_coeffs(t)[1].item() == pytest.approx(math.sqrt(1 - math.exp(-integral)))
+    assert sub.marginal_coeffs(t)[1].item() == pytest.approx(1 - math.exp(-integral))
+    assert ou.marginal_coeffs(t)[0].item() == pytest.approx(math.exp(-t))
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_simulated_forward_sde_matches_the_exact_mixture_marginal(name):
+    sde = SDES[name]
+    t = 0.3 * sde.T
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    x_t = euler_maruyama_forward(sde, MIX.sample(n, generator=g), t, 400, g)
+    result = tv_grid(x_t, MIX.marginal(sde, t), bounds=(-8, 8), bins=20)
+    assert result.tv < result.floor + 4 * result.spread
+    # marginal_sample draws from the same law
+    result = tv_grid(sde.marginal_sample(MIX.sample(n, generator=g), t, generator=g), MIX.marginal(sde, t), bounds=(-8, 8), bins=20)
+    assert result.tv < result.floor + 4 * result.spread
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_marginal_score_per_sample_times(name):
+    sde = SDES[name]
+    mix = MIX.to(dtype=torch.float64)
+    x = 1.5 * mix.sample(40, generator=1)
+    t = sde.T * torch.rand(40, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    expected = torch.stack([mix.marginal(sde, ti.item()).score(xi[None])[0] for xi, ti in zip(x, t)])
+    torch.testing.assert_close(mix.marginal_score(sde)(x, t), expected, rtol=1e-10, atol=1e-10)
+
+
+COMBOS = [
+    (sde, predictor, corrector)
+    for sde in SDES
+    for predictor in ("euler_maruyama", "reverse_diffusion", "ancestral", None)
+    for corrector in ("langevin", None)
+    if (predictor, corrector) != (None, None) and not (predictor == "ancestral" and sde in ("subVP", "OU"))
+]
+
+
+@pytest.mark.parametrize("name, predictor, corrector", COMBOS)
+def test_pc_sampling_with_exact_scores_reproduces_the_mixture(name, predictor, corrector):
+    sde = SDES[name]
+    n = 2000
+    x_T = sde.prior_sample((n, 2), generator=0)
+    # corrector-only sampling is Langevin chasing a moving target: it needs more steps and a larger snr to keep
+    # up (OU, T = 5, 1000 steps: snr 0.16 lags, mean radius 2.79 vs 3.06, TV 0.21; snr 0.3: TV 0.09 = floor)
+    n_steps, snr = (300, 0.16) if predictor else (1000, 0.3)
+    x = sampling.pc_sample(MIX.marginal_score(sde), sde, x_T, n_steps, predictor=predictor, corrector=corrector, snr=snr, generator=1)
+    result = tv_grid(x, MIX, bounds=(-6, 6), bins=20)
+    assert result.tv < result.floor + 4 * result.spread, result
+
+
+def test_ancestral_is_refused_where_the_paper_does_not_define_it():
+    with pytest.raises(ValueError, match="ancestral"):
+        sampling.pc_sample(MIX.marginal_score(SDES["OU"]), SDES["OU"], torch.zeros(4, 2), 10, predictor="ancestral")
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_probability_flow_ode_reproduces_the_mixture(name):
+    sde = SDES[name]
+    x_T = sde.prior_sample((2000, 2), generator=0)
+    x, nfe = sampling.ode_sample(MIX.marginal_score(sde), sde, x_T, return_nfe=True)
+    result = tv_grid(x, MIX, bounds=(-6, 6), bins=20)
+    assert result.tv < result.floor + 4 * result.spread and 10 < nfe < 1000
+
+
+def test_fixed_step_ode_is_deterministic_and_converges():
+    sde = SDES["VP"]
+    x_T = sde.prior_sample((200, 2), generator=0)
+    score = MIX.marginal_score(sde)
+    a = sampling.ode_sample(score, sde, x_T, method="rk4", n_steps=100)
+    b = sampling.ode_sample(score, sde, x_T, method="rk4", n_steps=100)
+    reference = sampling.ode_sample(score, sde, x_T, rtol=1e-6, atol=1e-6)
+    assert torch.equal(a, b)
+    assert (a - reference).abs().max() < 2e-2
+    with pytest.raises(ValueError, match="n_steps"):
+        sampling.ode_sample(score, sde, x_T, method="rk4")
+
+
+def guarded_score(sde, eps, times):
+    inner = MIX.marginal_score(sde)
+
+    def score(x, t):
+        times.append((t.min().item(), t.max().item()))
+        if t.min() < eps or t.max() > sde.T:
+            raise AssertionError(f"score called at t = {t.min().item()} outside [{eps}, {sde.T}]")
+        return inner(x, t)
+
+    return score
+
+
+@pytest.mark.parametrize("name", ["VE", "VP"])
+def test_ode_never_evaluates_the_score_outside_eps_T(name):
+    # without the guard, dopri5 steps past eps (measured: evaluations at t = -0.037 on a stiff field)
+    sde, eps, times = SDES[name], 1e-3, []
+    sampling.ode_sample(guarded_score(sde, eps, times), sde, sde.prior_sample((256, 2), generator=0), eps=eps)
+    likelihood.log_prob(guarded_score(sde, 1e-5, times), sde, MIX.sample(16, generator=1), eps=1e-5)
+    assert len(times) > 20
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_ode_likelihood_equals_the_exact_log_density(name):
+    sde = SDES[name]
+    mix = MIX.to(dtype=torch.float64)
+    x = 1.3 * mix.sample(32, generator=3)
+    eps = 1e-5
+    lp = likelihood.log_prob(
+        mix.marginal_score(sde), sde, x, eps=eps, rtol=1e-7, atol=1e-7, prior_log_prob=mix.marginal(sde, sde.T).log_prob
+    )
+    torch.testing.assert_close(lp, mix.marginal(sde, eps).log_prob(x), rtol=0, atol=2e-4)
+
+
+def test_hutchinson_likelihood_is_unbiased():
+    sde = SDES["VP"]
+    mix = MIX.to(dtype=torch.float64)
+    point = mix.sample(1, generator=4)
+    copies = point.expand(256, 2).contiguous()  # every copy gets its own probe: 256 independent estimates
+    score, prior = mix.marginal_score(sde), mix.marginal(sde, sde.T).log_prob
+    exact = likelihood.log_prob(score, sde, point, prior_log_prob=prior, rtol=1e-7, atol=1e-7)
+    for probe in ("gaussian", "rademacher"):
+        estimates = likelihood.log_prob(score, sde, copies, divergence="hutchinson", probe=probe, prior_log_prob=prior, generator=5)
+        se = estimates.std() / math.sqrt(len(estimates))
+        assert abs(estimates.mean() - exact) < 4 * se
+        assert estimates.std() > 1e-3  # it is an estimate, not the exact divergence
+
+
+def test_bits_per_dim_on_tiny_images():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (3, 1, 4, 4))
+    sde = SDES["VP"]
+    # a Gaussian 'model' of 16-pixel images in [-1, 1]: exact scores through the mixture
+    model = GaussianMixture([1.0], torch.zeros(1, 16), [0.3])
+    bpd = likelihood.bits_per_dim(model.marginal_score(sde), sde, images, generator=0)
+    assert bpd.shape == (3,) and torch.isfinite(bpd).all() and (bpd > 0).all()
+    # against the closed form: bits/dim of the dequantised images under N(0, 0.3 I) in [-1, 1] space, through the ODE at eps
+    u = torch.rand(images.shape, generator=torch.Generator().manual_seed(0))
+    x = -1 + 2 * (images + u) / 256
+    exact = -(model.marginal(sde, 1e-5).log_prob(x) + 16 * math.log(2) - 16 * math.log(256)) / (16 * math.log(2))
+    torch.testing.assert_close(bpd, exact, rtol=0, atol=0.02)
+
+
+def test_samplers_and_likelihood_are_shape_agnostic():
+    sde = SDES["VP"]
+    flat_score = MIX.marginal_score(sde)
+    mix4 = GaussianMixture(MIX.weights, torch.cat([MIX.means, -MIX.means], 1), torch.full((4, 4), 0.36))
+    image_score = mix4.marginal_score(sde)
+    x_flat = sde.prior_sample((8, 4), generator=0)
+    x_img = x_flat.reshape(8, 1, 2, 2)
+    for run in (
+        lambda s, x: sampling.pc_sample(s, sde, x, 20, generator=1),
+        lambda s, x: sampling.ode_sample(s, sde, x, method="euler", n_steps=20),
+        lambda s, x: likelihood.log_prob(s, sde, x, method="euler", n_steps=20),
+        lambda s, x: losses.sde_dsm(s, x, sde, generator=2),
+    ):
+        torch.testing.assert_close(run(image_score, x_img).reshape(-1), run(image_score, x_flat).reshape(-1))
+    assert flat_score(torch.zeros(3, 2), torch.full((3,), 0.5)).shape == (3, 2)
+
+
+def test_sde_dsm_is_minimised_by_the_exact_marginal_score_and_weightings_agree():
+    sde = SDES["VP"]
+    x = MIX.sample(20_000, generator=0)
+    exact = MIX.marginal_score(sde)
+    best = losses.sde_dsm(exact, x, sde, generator=1, reduction="none")
+    worse = losses.sde_dsm(lambda x, t: 0.8 * exact(x, t), x, sde, generator=1, reduction="none")
+    diff = worse - best  # same t and z (same generator): a paired comparison
+    assert diff.mean() > 4 * diff.std() / math.sqrt(len(x))
+    # likelihood weighting = g(t)^2 / s(t)^2 times the sigma^2 weighting, sample by sample
+    g = torch.Generator().manual_seed(1)
+    t = 1e-5 + (sde.T - 1e-5) * torch.rand(len(x), generator=g)
+    ratio = sde.diffusion(t) ** 2 / sde.marginal_coeffs(t)[1] ** 2
+    likelihood_weighted = losses.sde_dsm(exact, x, sde, weighting="likelihood", generator=1, reduction="none")
+    torch.testing.assert_close(likelihood_weighted, ratio.float() * best, rtol=1e-4, atol=1e-5)
+
+
+def test_pc_callback_and_determinism():
+    sde = SDES["VE"]
+    seen = []
+    a = sampling.pc_sample(MIX.marginal_score(sde), sde, sde.prior_sample((16, 2), generator=0), 10, generator=3, callback=seen.append)
+    b = sampling.pc_sample(MIX.marginal_score(sde), sde, sde.prior_sample((16, 2), generator=0), 10, generator=3)
+    assert torch.equal(a, b)
+    assert [s["i"] for s in seen] == list(range(10)) and seen[-1]["t"] == pytest.approx(1e-3) and "x_mean" in seen[0]
+
+
+def test_pc_divergence_raises_with_a_hint():
+    # the corrector's step is normalised by |s| and cannot blow up; a predictor with an absurd score can
+    sde = SDES["VE"]
+    with pytest.raises(ValueError, match="take more steps"):
+        sampling.pc_sample(lambda x, t: 1e30 * x, sde, torch.ones(4, 2), 5, predictor="euler_maruyama", corrector=None)
