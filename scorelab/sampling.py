@@ -338,11 +338,14 @@ ODE_METHODS = {
 }
 
 
-def integrate_ode(func, y0, t_start: float, t_end: float, *, method: str, rtol: float, atol: float, n_steps: int | None, interval):
+def integrate_ode(
+    func, y0, t_start: float, t_end: float, *, method: str, rtol: float, atol: float, n_steps: int | None, interval, n_saved: int = 2
+):
     """Integrate dy/dt = func(t, y) from t_start to t_end with torchdiffeq, never evaluating func outside `interval`.
 
-    Adaptive solvers may step past the end point and evaluate the field there; stepping to the end
-    point exactly (`step_t`) prevents it, and clamping t into `interval` absorbs the last ulp.
+    Returns the state at t_end, or with `n_saved > 2` the states at `n_saved` equally spaced times
+    (first dim). Adaptive solvers may step past the end point and evaluate the field there; stepping to
+    the end point exactly (`step_t`) prevents it, and clamping t into `interval` absorbs the last ulp.
     """
     from torchdiffeq import odeint  # imported here: only the ODE paths need it
 
@@ -361,8 +364,10 @@ def integrate_ode(func, y0, t_start: float, t_end: float, *, method: str, rtol: 
         return func(t.clamp(lo, hi), y)
 
     ref = y0[0] if isinstance(y0, tuple) else y0
-    times = torch.tensor([t_start, t_end], dtype=ref.dtype, device=ref.device)
+    times = torch.linspace(t_start, t_end, max(2, n_saved), dtype=ref.dtype, device=ref.device)
     solution = odeint(guarded, y0, times, method=method, rtol=rtol, atol=atol, options=options)
+    if n_saved > 2:
+        return solution
     return tuple(s[-1] for s in solution) if isinstance(y0, tuple) else solution[-1]
 
 
@@ -377,6 +382,7 @@ def ode_sample(
     eps: float = 1e-3,
     n_steps: int | None = None,
     return_nfe: bool = False,
+    n_saved: int = 2,
 ):
     r"""Sample by integrating the probability-flow ODE dx/dt = f(t) x - g(t)^2 s(x, t) / 2 from T down to eps.
 
@@ -386,8 +392,10 @@ def ode_sample(
     Args:
         method: an adaptive torchdiffeq solver ("dopri5", "bosh3", "adaptive_heun") with `rtol`, `atol`,
             or a fixed-step one ("euler", "midpoint", "rk4") with `n_steps`.
+        n_saved: with n_saved > 2, return the whole path: `n_saved` states at equally spaced times from T
+            to eps, shape `(n_saved, *x.shape)` (trajectory plots).
     Returns:
-        x_eps, or `(x_eps, nfe)` with the number of score evaluations when `return_nfe`.
+        x_eps (or the path), or `(x_eps, nfe)` with the number of score evaluations when `return_nfe`.
     Introduced in lesson 05.
     """
     check_callable("score", score)
@@ -401,5 +409,7 @@ def ode_sample(
         return probability_flow_drift(sde, score, y, t.to(y.dtype).expand(len(y)))
 
     with torch.no_grad():
-        out = integrate_ode(flow, x.detach(), sde.T, eps, method=method, rtol=rtol, atol=atol, n_steps=n_steps, interval=(eps, sde.T))
+        out = integrate_ode(
+            flow, x.detach(), sde.T, eps, method=method, rtol=rtol, atol=atol, n_steps=n_steps, interval=(eps, sde.T), n_saved=n_saved
+        )
     return (out, nfe) if return_nfe else out

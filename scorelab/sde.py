@@ -218,5 +218,40 @@ def probability_flow_drift(sde: SDE, score, x: torch.Tensor, t: torch.Tensor) ->
     return sde.drift(x, t) - 0.5 * g2 * score(x, t)
 
 
+def simulate_forward(sde: SDE, x0: torch.Tensor, t_end: float, n_steps: int, generator=None, callback=None) -> torch.Tensor:
+    """Euler-Maruyama simulation of the forward SDE from x0 at t = 0 to `t_end`, using only `drift` and `diffusion`.
+
+    Independent of `marginal_coeffs`, so simulated histograms check the closed forms (lesson 05).
+    `callback` gets `{"x", "i", "t"}` after every step.
+    """
+    check_tensor("x0", x0, min_dim=2)
+    t_end = sde.check_time(t_end, "t_end").item()
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    generator = as_generator(generator, x0.device)
+    x, dt = x0.clone(), t_end / n_steps
+    for i in range(n_steps):
+        t = torch.full((len(x),), i * dt, dtype=x.dtype, device=x.device)
+        g = append_dims(sde.diffusion(t).to(x.dtype), x.ndim)
+        x = x + sde.drift(x, t) * dt + g * math.sqrt(dt) * torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if callback is not None:
+            callback({"x": x, "i": i, "t": (i + 1) * dt})
+    return x
+
+
+def condition_on_std(model, sde: SDE):
+    """A time-conditional score s(x, t) = model(x, s(t)) from a noise-conditional `model(x, sigma)`.
+
+    With `ScoreMLP(..., log_condition=True, divide_by_sigma=True)` the network sees log s(t) and outputs
+    net / s(t): the scale of the true score near t = 0 is built in (the SDE analogue of Technique 3 of
+    Song & Ermon 2020). Lesson 05 trains one this way with `losses.sde_dsm`.
+    """
+
+    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x, sde.marginal_coeffs(t)[1].to(x.dtype))
+
+    return score
+
+
 #: the SDEs by name, for widgets and parametrised tests
 SDES = {"VE": VESDE, "VP": VPSDE, "sub-VP": SubVPSDE, "OU": OUSDE}
