@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scorelab.widgets import LangevinPlayground, ScoreFieldExplorer
+from scorelab.widgets import LangevinPlayground, ScoreFieldExplorer, SDEExplorer
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,36 @@ def test_playground_learned_score(playground):
     playground.train()
     playground.score_source.value = "learned"
     assert np.isfinite(playground.data["particles"]).all() and "no learned model" not in playground.status.value
+
+
+@pytest.fixture(scope="module")
+def sde_explorer():
+    return SDEExplorer(n_particles=500)
+
+
+def test_sde_explorer_controls_redraw(sde_explorer):
+    for control, value in [
+        (sde_explorer.time, 0.8),
+        (sde_explorer.sde_name, "VE"),
+        (sde_explorer.n_steps, 100),
+        (sde_explorer.corrector, True),
+    ]:
+        count, density, samples = sde_explorer.draw_count, sde_explorer.data["density"], sde_explorer.data["samples"]
+        control.value = value
+        assert sde_explorer.draw_count == count + 1
+        changed = not np.array_equal(sde_explorer.data["density"], density) or not np.array_equal(sde_explorer.data["samples"], samples)
+        assert changed, control.description
+
+
+def test_sde_explorer_samplers_reach_the_mixture(sde_explorer):
+    sde_explorer.sde_name.value, sde_explorer.n_steps.value, sde_explorer.corrector.value = "VP", 300, False
+    for name in ("VP", "OU"):
+        sde_explorer.sde_name.value = name
+        for sampler in ("reverse SDE", "probability-flow ODE"):
+            sde_explorer.sampler.value = sampler
+            tv = sde_explorer.data["tv"]
+            assert tv.tv < tv.floor + 4 * tv.spread, (name, sampler, tv)
+            assert sde_explorer.data["paths"].shape[1:] == (15, 2)
+        assert sde_explorer.corrector.disabled  # no corrector for the ODE
+        sde_explorer.sampler.value = "reverse SDE"
+        assert not sde_explorer.corrector.disabled
