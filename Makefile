@@ -26,7 +26,7 @@ test: $(STAMP)
 
 ## make lab: JupyterLab on the lessons
 lab: $(STAMP)
-	$(PY) -m jupyter lab --notebook-dir=.
+	$(PY) -m jupyter lab --notebook-dir=. --ServerApp.default_url=/lab/tree/lessons
 
 ## make bench: benchmarks that print ratios measured side by side
 bench: $(STAMP)

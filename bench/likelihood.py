@@ -12,10 +12,10 @@ before timing. Prints points/s, NFE and the ratio.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from _timing import best_of
 from scipy.integrate import solve_ivp
 
 import scorelab as sl
@@ -42,15 +42,6 @@ def baseline_log_prob(score, sde, x, divergence, probes, eps, rtol, atol):
     solution = solve_ivp(rhs, (eps, sde.T), state0, rtol=rtol, atol=atol, method="RK45")
     x_T = torch.as_tensor(solution.y[:-n, -1].reshape(shape), dtype=x.dtype)
     return sde.prior_log_prob(x_T) + torch.as_tensor(solution.y[-n:, -1], dtype=x.dtype), nfe
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv=None) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
+from _timing import best_of
 from torch import distributions as D
 
 import scorelab as sl
@@ -35,15 +35,6 @@ def baseline_annealed_langevin(mix: sl.GaussianMixture, x, sigmas, step_size, n_
             (score,) = torch.autograd.grad(noisy.log_prob(x).sum(), x)
             x = x.detach() + alpha * score + math.sqrt(2 * alpha) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
     return x.detach()
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(argv=None) -> None:

@@ -77,3 +77,12 @@ def test_notebook_runner_writes_executed_copy_and_html(tmp_path):
     executed = nbformat.read(out / "demo" / "a.ipynb", as_version=4)
     assert executed.cells[0].outputs[0]["text"].strip() == "42"
     assert (out / "demo" / "a.html").stat().st_size > 1000 and (out / "demo" / "b.html").exists()
+
+
+@pytest.mark.parametrize(
+    "script, args", [("sampling.py", ["--particles", "200", "--levels", "2", "--steps", "3"]), ("likelihood.py", ["--points", "20"])]
+)
+def test_benchmarks_run_and_report_a_ratio(script, args):
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "speed-up" in result.stdout
