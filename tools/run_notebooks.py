@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from nbconvert import HTMLExporter
@@ -31,13 +33,19 @@ def find_notebooks(folders: list[str]) -> list[Path]:
 def execute(path: Path, out_dir: Path, timeout: int) -> tuple[float, str]:
     """Run one notebook in its own folder; save `<out>/<folder>/<name>.ipynb` and `.html` whatever happens."""
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
-    try:
-        client.execute()
-        status = "ok"
-    except (CellExecutionError, CellTimeoutError) as err:
-        status = "FAILED: " + str(err).strip().splitlines()[-1][:120]
+    # a local kernel over IPC sockets in a private folder: no TCP ports, no "unencrypted TCP" warnings
+    with tempfile.TemporaryDirectory() as sockets:
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
+        client = NotebookClient(nb, km=km, timeout=timeout, resources={"metadata": {"path": str(path.parent)}})
+        try:
+            client.execute()
+            status = "ok"
+        except (CellExecutionError, CellTimeoutError) as err:
+            status = "FAILED: " + str(err).strip().splitlines()[-1][:120]
+        finally:
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     seconds = time.perf_counter() - start
     target = out_dir / path.parent.name
     target.mkdir(parents=True, exist_ok=True)
