@@ -251,7 +251,3 @@ def condition_on_std(model, sde: SDE):
         return model(x, sde.marginal_coeffs(t)[1].to(x.dtype))
 
     return score
-
-
-#: the SDEs by name, for widgets and parametrised tests
-SDES = {"VE": VESDE, "VP": VPSDE, "sub-VP": SubVPSDE, "OU": OUSDE}
