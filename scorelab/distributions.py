@@ -132,7 +132,7 @@ class GaussianMixture:
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         r"""Exact score \nabla_x log p(x) = -\sum_k p(k|x) \Sigma_k^{-1}(x - \mu_k), same shape as `x`."""
-        return self._shared_affine_score(self._flatten(x), 1.0, 0.0).reshape(x.shape).to(x.dtype)
+        return self._score_of_affine(x, 1.0, 0.0)
 
     def noisy_score(self, x: torch.Tensor, sigma) -> torch.Tensor:
         r"""Exact score of p_sigma = p * N(0, sigma^2 I) at x, with `sigma` a float or a `(n,)` tensor (one level per sample).
