@@ -17,7 +17,7 @@ import torch
 
 from ._checks import as_generator, check_callable, check_choice, check_int, check_tensor
 from .losses import PROJECTIONS
-from .sampling import _check_eps, integrate_ode
+from .sampling import integrate_ode
 from .sde import probability_flow_drift
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -75,7 +75,7 @@ def log_prob(
     check_choice("divergence", divergence, DIVERGENCES)
     check_int("n_probes", n_probes, minimum=1)
     check_choice("probe", probe, PROJECTIONS)
-    eps = _check_eps(sde, eps)
+    eps = sde.check_eps(eps)
     prior_log_prob = prior_log_prob or sde.prior_log_prob
     check_callable("prior_log_prob", prior_log_prob)
     generator = as_generator(generator, x.device)

@@ -199,9 +199,7 @@ def sde_dsm(
     """
     _prepare(score, x, reduction)
     check_choice("weighting", weighting, SDE_WEIGHTINGS)
-    eps = check_positive("eps", eps, allow_tensor=False)
-    if eps >= sde.T:
-        raise ValueError(f"eps must be below T = {sde.T}, got {eps}")
+    eps = sde.check_eps(eps)
     generator = as_generator(generator, x.device)
     t = eps + (sde.T - eps) * torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
     mean_scale, std = (append_dims(c.to(x.dtype), x.ndim) for c in sde.marginal_coeffs(t))

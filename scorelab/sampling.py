@@ -245,13 +245,6 @@ PREDICTORS = {"euler_maruyama": _euler_maruyama, "reverse_diffusion": _reverse_d
 CORRECTORS = {"langevin": _langevin_corrector, None: None}
 
 
-def _check_eps(sde, eps) -> float:
-    eps = check_positive("eps", eps, allow_tensor=False)
-    if eps >= sde.T:
-        raise ValueError(f"eps must be below T = {sde.T}, got {eps}")
-    return eps
-
-
 def _tweedie(sde, score, x, t: float) -> torch.Tensor:
     """E[x_0 | x_t] = (x + s(t)^2 grad log p_t(x)) / m(t) for a linear SDE."""
     mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
@@ -303,7 +296,7 @@ def pc_sample(
         raise ValueError(f"snr must be a finite number >= 0, got {snr!r}")
     if predictor is None and (corrector is None or n_corrector_steps == 0):
         raise ValueError("predictor and corrector cannot both be None: nothing would move")
-    eps = _check_eps(sde, eps)
+    eps = sde.check_eps(eps)
     generator = as_generator(generator, x.device)
     times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
@@ -400,7 +393,7 @@ def ode_sample(
     """
     check_callable("score", score)
     check_tensor("x", x, min_dim=2)
-    eps = _check_eps(sde, eps)
+    eps = sde.check_eps(eps)
     nfe = 0
 
     def flow(t, y):

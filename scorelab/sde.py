@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ._checks import append_dims, as_generator, check_positive, check_tensor
+from ._checks import append_dims, as_generator, check_int, check_positive, check_tensor
 
 
 def _as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,6 +64,13 @@ class SDE:
         if not (torch.isfinite(t).all() and (t >= 0).all() and (t <= self.T).all()):
             raise ValueError(f"{name} must lie in [0, T] = [0, {self.T}], got {t.min().item():.4g}..{t.max().item():.4g}")
         return t
+
+    def check_eps(self, eps) -> float:
+        """The smallest time a sampler, loss or likelihood may reach: a float in (0, T)."""
+        eps = check_positive("eps", eps, allow_tensor=False)
+        if eps >= self.T:
+            raise ValueError(f"eps must be below T = {self.T}, got {eps}")
+        return eps
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
         """f(t) x, with `t` a float or `(batch,)` tensor."""
@@ -226,8 +233,7 @@ def simulate_forward(sde: SDE, x0: torch.Tensor, t_end: float, n_steps: int, gen
     """
     check_tensor("x0", x0, min_dim=2)
     t_end = sde.check_time(t_end, "t_end").item()
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    check_int("n_steps", n_steps, minimum=1)
     generator = as_generator(generator, x0.device)
     x, dt = x0.clone(), t_end / n_steps
     for i in range(n_steps):

@@ -86,7 +86,7 @@ def plot_field(
     magnitudes so that the huge arrows far from the data do not hide the rest.
     """
     ax = _ax(ax)
-    pts, axis = grid(bounds, n_arrows)
+    _, axis = grid(bounds, n_arrows)
     field = evaluate_on_grid(score, bounds, n_arrows)
     norm = np.linalg.norm(field, axis=-1, keepdims=True)
     cap = np.quantile(norm, clip_quantile) if clip_quantile < 1 else norm.max()

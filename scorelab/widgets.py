@@ -99,8 +99,10 @@ class ScoreFieldExplorer(Explorer):
             self.train_config,
         )
         self._trained_on = self._mixture_params()
-        self.show_model.value = True  # redraws through the observer when it changes
-        self.redraw()
+        if self.show_model.value:
+            self.redraw()
+        else:
+            self.show_model.value = True  # the observer redraws
         return history
 
     def draw(self) -> Figure:
