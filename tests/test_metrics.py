@@ -41,15 +41,15 @@ def test_tv_of_an_exact_sampler_sits_at_the_stated_floor(n, bins):
 def test_tv_detects_a_wrong_sampler():
     wrong = ring_mixture(n_modes=4, radius=3.5, std=0.6).sample(5000, generator=0)
     res = tv_grid(wrong, MIX, bounds=(-6, 6), bins=30)
-    assert res.tv > 3 * res.floor
+    assert res.tv > res.floor + 4 * res.spread
 
 
 def test_tv_between_two_sample_sets():
     a, b = MIX.sample(5000, generator=1), MIX.sample(5000, generator=2)
     same = tv_grid(a, b, bounds=(-6, 6), bins=20)
-    assert same.tv < 1.3 * same.floor
+    assert same.tv < same.floor + 4 * same.spread
     other = tv_grid(a, ring_mixture(n_modes=3, radius=3.0, std=0.6).sample(5000, generator=3), bounds=(-6, 6), bins=20)
-    assert other.tv > 3 * other.floor
+    assert other.tv > other.floor + 4 * other.spread
 
 
 def test_fisher_divergence_between_gaussians_closed_form():

@@ -43,12 +43,18 @@ def test_mala_is_exactly_stationary_and_accepts_in_between():
 
 
 def test_mala_corrects_ula_on_a_mixture():
+    # eps = 0.2 against component variances 0.3 and 0.6: ULA inflates them (2/(2 - eps/s^2) = 1.5x and 1.2x), MALA does not
     mix = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.5, 0.5]], [0.3, 0.6], dtype=torch.float64)
     n = 20_000
     start = mix.sample(n, generator=3)
     x, acceptance = sampling.mala(mix.log_prob, start, 0.2, 40, generator=4)
-    # the sample mean of each coordinate stays at the mixture mean
+    y = sampling.langevin(mix.score, start, 0.2, 40, generator=4)
     mean = (mix.weights[:, None] * mix.means).sum(0)
+    second = (mix.weights[:, None] * (mix.covs.diagonal(dim1=1, dim2=2) + mix.means**2)).sum(0)
+    variance = second - mean**2
+    se = ((x - mean) ** 2).std(0) / math.sqrt(n)  # SE of a sample variance, from the sample's fourth moment
+    assert ((x.var(0) - variance).abs() < 4 * se).all()
+    assert ((y.var(0) - variance) > 4 * se).any()
     assert ((x.mean(0) - mean).abs() < 4 * x.std(0) / math.sqrt(n)).all()
     assert 0.3 < acceptance < 1
 

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from scorelab import OUSDE, VESDE, VPSDE, GaussianMixture, SubVPSDE, likelihood, losses, sampling
+from scorelab import OUSDE, VESDE, VPSDE, GaussianMixture, ScoreMLP, SubVPSDE, TrainConfig, fit, likelihood, losses, sampling
 from scorelab.datasets import ring_mixture
-from scorelab.metrics import tv_grid
+from scorelab.metrics import fisher_divergence, tv_grid
 from scorelab.sde import condition_on_std, simulate_forward
 
 SDES = {"VE": VESDE(0.01, 10.0), "VP": VPSDE(), "subVP": SubVPSDE(), "OU": OUSDE(T=5.0)}
@@ -173,7 +173,8 @@ def test_bits_per_dim_on_tiny_images():
     u = torch.rand(images.shape, generator=torch.Generator().manual_seed(0))
     x = -1 + 2 * (images + u) / 256
     exact = -(model.marginal(sde, 1e-5).log_prob(x) + 16 * math.log(2) - 16 * math.log(256)) / (16 * math.log(2))
-    torch.testing.assert_close(bpd, exact, rtol=0, atol=0.02)
+    # 1e-3 bits/dim = 0.011 nats over 16 pixels, 13x the largest float32 VP ODE error seen (8e-4 nats; measured gap 1e-5)
+    torch.testing.assert_close(bpd, exact, rtol=0, atol=1e-3)
 
 
 def test_samplers_and_likelihood_are_shape_agnostic():
@@ -227,9 +228,6 @@ def test_pc_divergence_raises_with_a_hint():
 
 def test_learned_time_conditional_score_through_condition_on_std():
     # a few hundred steps of sde_dsm already halve the Fisher divergence at mid-range times
-    from scorelab import ScoreMLP, TrainConfig, fit
-    from scorelab.metrics import fisher_divergence
-
     sde = SDES["VP"]
     torch.manual_seed(0)
     net = ScoreMLP(2, hidden=64, n_layers=2, n_fourier=8, log_condition=True, divide_by_sigma=True)
