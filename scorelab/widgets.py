@@ -1,16 +1,24 @@
 """Interactive explorers for the `toy/` notebooks (ipywidgets 8).
 
 The logic lives here, not in the notebooks, so pytest can drive every explorer
-headlessly: set a control's value, and check that `draw_count` went up and the arrays
-in `data` changed. Each explorer shows itself when it is the last expression of a cell.
+headlessly: set a control's value, and check that `draw_count` went up, the arrays in
+`data` changed and `image` holds a new PNG. Each explorer shows itself when it is the
+last expression of a cell.
+
+Figures are rendered to PNG here (`Figure.savefig` into a buffer) and shown in a
+`W.Image`, so they appear in every front end without `%matplotlib inline` or ipympl:
+a bare `Figure` only has a `text/plain` representation unless pyplot's inline backend
+happens to be active.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+
 import ipywidgets as W
 import numpy as np
 import torch
-from IPython.display import clear_output, display
 from matplotlib.figure import Figure
 
 from . import losses, noise, sampling, viz
@@ -20,34 +28,51 @@ from .metrics import fisher_divergence, tv_grid
 from .nets import EMA, ScoreMLP
 from .train import TrainConfig, fit
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure rendered to PNG bytes (Agg), independent of any pyplot backend."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
 
 class Explorer:
-    """Shared plumbing: controls in a box above an output area, redrawn on every change."""
+    """Shared plumbing: controls in a box above a status line and the figure, redrawn on every change."""
 
-    def __init__(self, controls: list, status: bool = True):
-        self.output = W.Output()
+    def __init__(self, controls: list, status: bool = True, dpi: int = 100):
+        self.dpi = dpi
+        self.image = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
         self.status = W.HTML()
         self.draw_count = 0
         self.data: dict[str, np.ndarray] = {}
         rows = [W.HBox(controls[i : i + 3]) for i in range(0, len(controls), 3)]
-        self.widget = W.VBox(rows + ([self.status] if status else []) + [self.output])
+        self.widget = W.VBox(rows + ([self.status] if status else []) + [self.image])
 
     def observe(self, *controls) -> None:
         for control in controls:
             control.observe(lambda _change: self.redraw(), names="value")
 
     def redraw(self) -> None:
-        fig = self.draw()
+        self.image.value = figure_png(self.draw(), self.dpi)
         self.draw_count += 1
-        with self.output:
-            clear_output(wait=True)
-            display(fig)
 
     def draw(self) -> Figure:
         raise NotImplementedError
 
-    def _ipython_display_(self):
-        display(self.widget)
+    def _repr_mimebundle_(self, **kwargs):
+        """The live widget for front ends with a widget manager; its current figure for everything else.
+
+        A static page (nbconvert HTML, GitHub's viewer) shows the status line and the last figure as
+        ordinary HTML; JupyterLab, Notebook 7, VS Code and Colab render the widget view instead.
+        """
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        png = base64.b64encode(self.image.value).decode("ascii")
+        status = f"<p>{self.status.value}</p>" if self.status.value else ""
+        bundle["text/html"] = f'{status}<img src="data:image/png;base64,{png}" style="max-width: 100%">'
+        bundle["text/plain"] = f"{type(self).__name__} (an interactive explorer: run the notebook to use its controls)"
+        return bundle
 
 
 class ScoreFieldExplorer(Explorer):

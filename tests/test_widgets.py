@@ -1,10 +1,31 @@
-"""The explorers, driven headlessly: change a control, check the redraw and its data."""
+"""The explorers, driven headlessly: change a control, check the redraw, its data and the PNG it shows."""
+
+import base64
 
 import numpy as np
 import pytest
 
 from scorelab import viz
-from scorelab.widgets import LangevinPlayground, ScoreFieldExplorer, SDEExplorer
+from scorelab.widgets import PNG_SIGNATURE, LangevinPlayground, ScoreFieldExplorer, SDEExplorer
+
+
+def redraw_and_check_image(explorer, control, value):
+    """Set a control; the explorer must redraw once and show a new PNG (what a student sees, not just data)."""
+    count, image = explorer.draw_count, explorer.image.value
+    control.value = value
+    assert explorer.draw_count == count + 1, control.description
+    assert explorer.image.format == "png" and bytes(explorer.image.value).startswith(PNG_SIGNATURE), control.description
+    assert bytes(explorer.image.value) != bytes(image), control.description
+
+
+@pytest.mark.parametrize("make", [lambda: ScoreFieldExplorer(resolution=20, n_arrows=5), lambda: SDEExplorer(n_particles=200)])
+def test_display_bundle_has_the_widget_and_a_static_figure(make):
+    explorer = make()
+    bundle = explorer._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == explorer.widget.model_id
+    png = base64.b64encode(explorer.image.value).decode("ascii")
+    assert f"data:image/png;base64,{png}" in bundle["text/html"]  # a static page shows the current figure
+    assert "Figure size" not in bundle["text/plain"]
 
 
 @pytest.fixture(scope="module")
@@ -14,9 +35,8 @@ def explorer():
 
 def test_each_control_redraws_with_new_data(explorer):
     for control, value in [(explorer.sigma, 0.5), (explorer.n_modes, 5), (explorer.spread, 2.0), (explorer.imbalance, 0.7)]:
-        count, density = explorer.draw_count, explorer.data["density"]
-        control.value = value
-        assert explorer.draw_count == count + 1
+        density = explorer.data["density"]
+        redraw_and_check_image(explorer, control, value)
         assert not np.allclose(explorer.data["density"], density)
 
 
@@ -65,9 +85,8 @@ def test_playground_controls_rerun_the_sampler(playground):
         (playground.step_size, 1e-3),
         (playground.sigma_min, 0.2),
     ]:
-        count, particles = playground.draw_count, playground.data["particles"]
-        control.value = value
-        assert playground.draw_count == count + 1
+        particles = playground.data["particles"]
+        redraw_and_check_image(playground, control, value)
         assert not np.array_equal(playground.data["particles"], particles)
     assert playground.data["particles"].shape == (500, 2)
 
@@ -111,9 +130,8 @@ def test_sde_explorer_controls_redraw(sde_explorer):
         (sde_explorer.n_steps, 100),
         (sde_explorer.corrector, True),
     ]:
-        count, density, samples = sde_explorer.draw_count, sde_explorer.data["density"], sde_explorer.data["samples"]
-        control.value = value
-        assert sde_explorer.draw_count == count + 1
+        density, samples = sde_explorer.data["density"], sde_explorer.data["samples"]
+        redraw_and_check_image(sde_explorer, control, value)
         changed = not np.array_equal(sde_explorer.data["density"], density) or not np.array_equal(sde_explorer.data["samples"], samples)
         assert changed, control.description
 
