@@ -2,6 +2,11 @@
 
 Every function draws on a given matplotlib `ax` (or a new one) and returns the artist it
 made, so widgets can update it and tests can read its data. Introduced in lesson 01.
+
+Conventions, so that a figure says what the text says: 2-D panels keep a few ticks (the
+text names coordinates); a colour that carries a quantity gets a colour bar when asked
+(`colorbar="label"`), otherwise the caller says that colour is scaled per panel; samples
+are drawn in `SAMPLE_COLOR`, which stays visible on every part of `DENSITY_CMAP`.
 """
 
 from __future__ import annotations
@@ -14,9 +19,11 @@ import torch
 from ._checks import check_bounds, check_callable, check_int
 from .distributions import GaussianMixture
 
-DENSITY_CMAP = "mako_r"
+DENSITY_CMAP = "mako_r"  # pale (low density) to dark blue (high)
 ERROR_CMAP = "rocket_r"
+ENERGY_CMAP = "viridis"  # energies and other signed or log quantities: never the density's map
 FIELD_COLOR = "#d1495b"
+SAMPLE_COLOR = "#ff8c1a"  # orange: visible on the pale and on the dark end of DENSITY_CMAP
 
 
 def use_style() -> None:
@@ -56,47 +63,80 @@ def _ax(ax):
 
 def _finish(ax, bounds, title):
     lo, hi = check_bounds(bounds)
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal", xticks=[], yticks=[])
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal")
+    ax.locator_params(nbins=4)
+    ax.tick_params(labelsize="small", length=2, pad=1)
     if title:
         ax.set_title(title)
 
 
-def plot_heatmap(fn, bounds=(-8.0, 8.0), resolution: int = 150, ax=None, cmap=DENSITY_CMAP, title=None, **kwargs):
-    """A scalar function of 2-D points `(n, 2) -> (n,)` as an image; returns the `AxesImage`."""
+def add_colorbar(artist, ax, label: str):
+    """A slim colour bar for `artist` beside `ax`, labelled with the quantity the colour carries."""
+    bar = ax.figure.colorbar(artist, ax=ax, shrink=0.75, pad=0.02, aspect=25)
+    bar.set_label(label, size="small")
+    bar.ax.tick_params(labelsize="x-small")
+    return bar
+
+
+def plot_heatmap(fn, bounds=(-8.0, 8.0), resolution: int = 150, ax=None, cmap=DENSITY_CMAP, title=None, colorbar=None, **kwargs):
+    """A scalar function of 2-D points `(n, 2) -> (n,)` as an image; returns the `AxesImage`.
+
+    `colorbar`: a label; when given, a colour bar with that label is drawn beside the panel.
+    """
     ax = _ax(ax)
     lo, hi = check_bounds(bounds)
     img = ax.imshow(evaluate_on_grid(fn, bounds, resolution), extent=(lo, hi, lo, hi), cmap=cmap, origin="lower", **kwargs)
     _finish(ax, bounds, title)
+    if colorbar:
+        add_colorbar(img, ax, colorbar)
     return img
 
 
 def plot_density(density, bounds=(-8.0, 8.0), resolution: int = 150, ax=None, title=None, **kwargs):
-    """The density of a `GaussianMixture`, or of a callable log-density, as an image."""
+    """The density of a `GaussianMixture`, or of a callable log-density, as an image (`colorbar=` as in `plot_heatmap`)."""
     log_prob = density.log_prob if isinstance(density, GaussianMixture) else density
     check_callable("density", log_prob)
     return plot_heatmap(lambda x: log_prob(x).exp(), bounds, resolution, ax=ax, title=title, **kwargs)
 
 
 def plot_field(
-    score, bounds=(-8.0, 8.0), n_arrows: int = 21, ax=None, color=FIELD_COLOR, clip_quantile: float = 0.95, title=None, **kwargs
+    score,
+    bounds=(-8.0, 8.0),
+    n_arrows: int = 21,
+    ax=None,
+    color=FIELD_COLOR,
+    clip_quantile: float = 0.95,
+    title=None,
+    normalize: bool = False,
+    cmap="magma",
+    **kwargs,
 ):
     """A 2-D vector field (a score) as arrows on an `n_arrows` x `n_arrows` grid; returns the `Quiver`.
 
     Arrow lengths are proportional to |s(x)|, clipped at the `clip_quantile` of the
-    magnitudes so that the huge arrows far from the data do not hide the rest.
+    magnitudes so that the huge arrows far from the data do not hide the rest. With
+    `normalize`, every arrow has the same length (direction only) and its colour shows
+    |s(x)| in `cmap` (pass the returned quiver to `add_colorbar`): use it where the field is
+    tiny on the data and huge elsewhere, so that no arrow shrinks to a dot.
     """
     ax = _ax(ax)
     _, axis = grid(bounds, n_arrows)
     field = evaluate_on_grid(score, bounds, n_arrows)
     norm = np.linalg.norm(field, axis=-1, keepdims=True)
-    cap = np.quantile(norm, clip_quantile) if clip_quantile < 1 else norm.max()
-    field = field * np.minimum(1.0, cap / np.maximum(norm, 1e-12))
-    quiver = ax.quiver(axis, axis, field[..., 0], field[..., 1], color=color, angles="xy", **kwargs)
+    if normalize:
+        unit = field / np.maximum(norm, 1e-12)
+        quiver = ax.quiver(axis, axis, unit[..., 0], unit[..., 1], norm[..., 0], cmap=cmap, angles="xy", pivot="mid", **kwargs)
+    else:
+        cap = np.quantile(norm, clip_quantile) if clip_quantile < 1 else norm.max()
+        field = field * np.minimum(1.0, cap / np.maximum(norm, 1e-12))
+        quiver = ax.quiver(axis, axis, field[..., 0], field[..., 1], color=color, angles="xy", **kwargs)
     _finish(ax, bounds, title)
     return quiver
 
 
-def plot_samples(x: torch.Tensor, ax=None, bounds=(-8.0, 8.0), s: float = 3, alpha: float = 0.5, color="k", title=None, **kwargs):
+def plot_samples(
+    x: torch.Tensor, ax=None, bounds=(-8.0, 8.0), s: float = 3, alpha: float = 0.5, color=SAMPLE_COLOR, title=None, **kwargs
+):
     """A scatter of `(n, 2)` samples; returns the `PathCollection`."""
     ax = _ax(ax)
     x = x.detach().cpu().numpy()

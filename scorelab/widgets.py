@@ -46,13 +46,25 @@ class Explorer:
         self.image = W.Image(format="png", layout=W.Layout(max_width="100%", height="auto"))
         self.status = W.HTML()
         self.draw_count = 0
+        self._hold = False  # True while the explorer sets several controls itself: one redraw at the end
         self.data: dict[str, np.ndarray] = {}
         rows = [W.HBox(controls[i : i + 3]) for i in range(0, len(controls), 3)]
         self.widget = W.VBox(rows + ([self.status] if status else []) + [self.image])
 
     def observe(self, *controls) -> None:
         for control in controls:
-            control.observe(lambda _change: self.redraw(), names="value")
+            control.observe(lambda _change: self._hold or self.redraw(), names="value")
+
+    def set_controls(self, values: dict) -> None:
+        """Set several controls `{control: value}` and redraw once."""
+        outer, self._hold = self._hold, True
+        try:
+            for control, value in values.items():
+                control.value = value
+        finally:
+            self._hold = outer
+        if not outer:
+            self.redraw()
 
     def redraw(self) -> None:
         self.image.value = figure_png(self.draw(), self.dpi)
@@ -73,6 +85,20 @@ class Explorer:
         bundle["text/html"] = f'{status}<img src="data:image/png;base64,{png}" style="max-width: 100%">'
         bundle["text/plain"] = f"{type(self).__name__} (an interactive explorer: run the notebook to use its controls)"
         return bundle
+
+
+def where_the_error_is(box_over_weighted: float, relative_fisher: float) -> str:
+    """One honest sentence on where a learned score's squared error lives, from two averages of it:
+    uniform over the plotted box, and weighted by p_sigma (the Fisher divergence); lesson 03 compares the same two."""
+    if box_over_weighted >= 3:
+        where = f"the error lives where p_σ is small: its box average is {box_over_weighted:.3g}× its p_σ-weighted average"
+    elif box_over_weighted <= 1 / 3:
+        where = f"the error is largest on the data: its box average is only {box_over_weighted:.2g}× its p_σ-weighted average"
+    else:
+        where = f"the error is about as large on the data as off it (box average {box_over_weighted:.2g}× the p_σ-weighted one)"
+    if relative_fisher > 0.5:
+        where += "; the network is poor even on the data at this σ"
+    return where
 
 
 class ScoreFieldExplorer(Explorer):
@@ -135,7 +161,9 @@ class ScoreFieldExplorer(Explorer):
         noisy = self.mixture().convolve(sigma)
         fig = Figure(figsize=(8.4, 4.2), layout="constrained")
         left, right = fig.subplots(1, 2)
-        density = viz.plot_density(noisy, self.bounds, self.resolution, ax=left, title=f"p_σ and its score, σ = {sigma:.3g}")
+        density = viz.plot_density(
+            noisy, self.bounds, self.resolution, ax=left, title=f"p_σ and its score, σ = {sigma:.3g}", colorbar="density p_σ"
+        )
         viz.plot_field(noisy.score, self.bounds, self.n_arrows, ax=left)
         self.data = {"density": density.get_array().data.copy()}
         model_ready = self.model is not None and self._trained_on == self._mixture_params()
@@ -151,17 +179,20 @@ class ScoreFieldExplorer(Explorer):
                 self.resolution,
                 ax=right,
                 cmap=viz.ERROR_CMAP,
-                title="learned field over its error |s_θ − ∇log p_σ|",
+                title="learned field over its error",
+                colorbar="|s_θ − ∇log p_σ|",
             )
             viz.plot_field(learned, self.bounds, self.n_arrows, ax=right, color="k")
-            fig.colorbar(error, ax=right, shrink=0.8)
             fisher = fisher_divergence(learned, noisy, n=2000, generator=0)
             scale = fisher_divergence(lambda x: 0 * x, noisy, n=2000, generator=0).value  # E|grad log p_sigma|^2
+            box_average = float((error.get_array().data ** 2).mean())  # the same squared error, uniform over the box
             self.data["error"] = error.get_array().data.copy()
             self.data["relative_fisher"] = fisher.value / scale
+            self.data["box_over_weighted"] = box_average / fisher.value
             self.status.value = (
                 f"Fisher divergence E_pσ|s_θ − ∇log p_σ|² = {fisher.value:.3g} ± {fisher.se:.1g}, "
-                f"{100 * fisher.value / scale:.1f}% of E_pσ|∇log p_σ|²: the error lives where p_σ is small"
+                f"{100 * fisher.value / scale:.1f}% of E_pσ|∇log p_σ|²; "
+                + where_the_error_is(box_average / fisher.value, fisher.value / scale)
             )
         else:
             right.set_axis_off()
@@ -183,9 +214,19 @@ class LangevinPlayground(Explorer):
     steps (per level when annealing), particles, the noise range sigma_max..sigma_min (30 geometric
     levels), annealing on/off, and the score: exact (the mixture's, noised to each level) or learned
     (a noise-conditional network trained once with the NCSN loss; plain Langevin uses it at sigma_min).
-    Left: particles over the density. Right: recovered mode weights against the truth.
+    Annealed runs start from N(0, sigma_max^2 I); plain Langevin starts from lesson 03's uniform box
+    [-8, 8]^2. Switching annealing on or off loads settings that converge in that mode (`DEFAULTS`).
+    Left: particles over the density. Right: recovered mode weights against the truth, and the
+    fraction of particles that reached a mode (within distance 3 of a centre: 98.9% of a mode's mass),
+    so that weights of particles that never moved are not mistaken for a result.
     Used by `toy/langevin_playground.ipynb`; lessons 03-04 explain what it shows.
     """
+
+    #: (step size eps, steps) per mode: annealed, eps at sigma_min with 20 steps per level; plain
+    #: Langevin at sigma_min = 0.1, eps = 0.1 and 500 steps converges within a mode (0.497 small-mode
+    #: fraction from the box: it keeps the box's split, which is the lesson)
+    DEFAULTS = {True: (2e-3, 20), False: (0.1, 500)}
+    REACHED_RADIUS = 3.0
 
     def __init__(self, n_levels: int = 30, train_steps: int = 2000, seed: int = 0, bounds=(-10.0, 10.0)):
         self.mixture = far_apart_mixture()
@@ -201,8 +242,13 @@ class LangevinPlayground(Explorer):
         self.score_source = W.ToggleButtons(options=["exact", "learned"], value="exact", description="score")
         self.model: ScoreMLP | None = None
         super().__init__([self.step_size, self.n_steps, self.n_particles, self.sigma_max, self.sigma_min, self.annealed, self.score_source])
-        self.observe(self.step_size, self.n_steps, self.n_particles, self.sigma_max, self.sigma_min, self.annealed, self.score_source)
+        self.observe(self.step_size, self.n_steps, self.n_particles, self.sigma_max, self.sigma_min, self.score_source)
+        self.annealed.observe(lambda change: self._switch_annealing(change["new"]), names="value")
         self.redraw()
+
+    def _switch_annealing(self, annealed: bool) -> None:
+        step_size, n_steps = self.DEFAULTS[annealed]
+        self.set_controls({self.step_size: step_size, self.n_steps: n_steps})
 
     def train(self) -> list[float]:
         """Train the learned score: a noise-conditional MLP with the NCSN loss over 30 levels from 20 to 0.05."""
@@ -224,9 +270,11 @@ class LangevinPlayground(Explorer):
         sigmas = self.sigmas()
         learned = self.score_source.value == "learned" and self.model is not None
         noisy_score = self.model if learned else self.mixture.noisy_score
-        start = self.sigma_max.value * torch.randn(self.n_particles.value, 2, generator=torch.Generator().manual_seed(self.seed))
+        generator = torch.Generator().manual_seed(self.seed)
         if self.annealed.value:
+            start = self.sigma_max.value * torch.randn(self.n_particles.value, 2, generator=generator)
             return sampling.annealed_langevin(noisy_score, start, sigmas, self.step_size.value, self.n_steps.value, generator=self.seed + 1)
+        start = 16 * torch.rand(self.n_particles.value, 2, generator=generator) - 8  # lesson 03's box
         sigma_min = torch.tensor(sigmas[-1].item())
         return sampling.langevin(
             lambda x: noisy_score(x, sigma_min.expand(len(x))), start, self.step_size.value, self.n_steps.value, generator=self.seed + 1
@@ -241,25 +289,31 @@ class LangevinPlayground(Explorer):
         except ValueError as err:  # divergence: say so instead of drawing NaNs
             left.set_title("diverged")
             self.status.value = f"<b>{err}</b>"
-            self.data = {"particles": np.empty((0, 2)), "weights": np.full(2, np.nan)}
+            self.data = {"particles": np.empty((0, 2)), "weights": np.full(2, np.nan), "reached": np.nan}
             right.set_axis_off()
             return fig
-        inside = ((x.abs() < 50).all(1)).float().mean().item()
-        weights = torch.bincount(self.mixture.responsibilities(x).argmax(1), minlength=2).double() / len(x)
-        viz.plot_samples(x, ax=left, bounds=self.bounds, color="w", s=4, alpha=0.7)
+        nearest = self.mixture.responsibilities(x).argmax(1)
+        counts = torch.bincount(nearest, minlength=2)
+        weights = counts.double() / len(x)
+        reached = ((x - self.mixture.means[nearest]).norm(dim=1) < self.REACHED_RADIUS).double().mean().item()
+        viz.plot_samples(x, ax=left, bounds=self.bounds, s=4, alpha=0.7)
         mode = "annealed Langevin" if self.annealed.value else "Langevin"
         total = self.n_steps.value * (self.n_levels if self.annealed.value else 1)
-        left.set_title(f"{mode}, {self.score_source.value} score, {total} steps")
-        positions = np.arange(2)
-        right.bar(positions - 0.2, self.mixture.weights.numpy(), width=0.4, label="true weight", color="0.6")
-        right.bar(positions + 0.2, weights.numpy(), width=0.4, label="recovered", color=viz.FIELD_COLOR)
-        right.set(xticks=positions, xticklabels=["mode (−5, −5)", "mode (5, 5)"], ylim=(0, 1), title="mode weights")
-        right.legend()
+        left.set_title(f"{mode}, {self.score_source.value} score, {total} steps\n{counts[0]} nearer (−5, −5), {counts[1]} nearer (5, 5)")
+        positions = np.arange(3)
+        truth = [*self.mixture.weights.tolist(), 1.0]
+        right.bar(positions - 0.2, truth, width=0.4, label="truth", color="0.6")
+        right.bar(positions + 0.2, [*weights.tolist(), reached], width=0.4, label="this run", color=viz.FIELD_COLOR)
+        right.set(xticks=positions, xticklabels=["weight of\n(−5, −5)", "weight of\n(5, 5)", "reached\na mode"], ylim=(0, 1.05))
+        right.set_title("mode weights (nearest mode)")
+        right.legend(loc="upper left", fontsize="small")
         se = np.sqrt(0.16 / len(x))
-        self.data = {"particles": x.numpy(), "weights": weights.numpy()}
+        self.data = {"particles": x.numpy(), "weights": weights.numpy(), "reached": reached}
         hint = "" if self.score_source.value == "exact" or self.model is not None else " (no learned model yet: showing the exact score)"
+        warning = "" if reached > 0.95 else " — most particles have not reached a mode yet: the weights mean nothing"
         self.status.value = (
-            f"small mode: {weights[0]:.3f} (true 0.200, standard error {se:.3f}); {100 * inside:.0f}% of particles inside |x| < 50{hint}"
+            f"small mode: {weights[0]:.3f} (true 0.200, standard error {se:.3f}); "
+            f"{100 * reached:.0f}% of particles within {self.REACHED_RADIUS:g} of a mode centre{warning}{hint}"
         )
         return fig
 
@@ -288,45 +342,53 @@ class SDEExplorer(Explorer):
         self.observe(self.sde_name, self.time, self.sampler, self.corrector, self.n_steps)
         self.redraw()
 
+    def half_width(self, name: str) -> float:
+        """Half the side of the left panel for one SDE: fixed over t, so that VE's exploding variance shows."""
+        sde = self.sdes[name]
+        times = np.linspace(0.0, sde.T, 101)
+        return max(6.0, max(4 * m + 3 * s for m, s in (map(float, sde.marginal_coeffs(t)) for t in times)))
+
     def run(self):
-        """(final samples, paths `(steps, n_paths, 2)`) for the current sampler, seeded."""
+        """(final samples, paths `(steps, n_paths, 2)`, the paths' times) for the current sampler, seeded."""
         sde = self.sdes[self.sde_name.value]
         score = self.mixture.marginal_score(sde)
         x_T = sde.prior_sample((self.n_particles, 2), generator=self.seed)
         if self.sampler.value == "probability-flow ODE":
             path = sampling.ode_sample(score, sde, x_T, method="rk4", n_steps=self.n_steps.value, n_saved=60)
-            return path[-1], path[:, : self.n_paths]
-        path = [x_T[: self.n_paths]]
-        x = sampling.pc_sample(
-            score,
-            sde,
-            x_T,
-            self.n_steps.value,
-            corrector="langevin" if self.corrector.value else None,
-            generator=self.seed + 1,
-            callback=lambda state: path.append(state["x"][: self.n_paths]),
-        )
-        return x, torch.stack(path)
+            return path[-1], path[:, : self.n_paths], np.linspace(sde.T, 1e-3, len(path))  # ode_sample's eps
+        path, times = [x_T[: self.n_paths]], [sde.T]
+
+        def keep(state):
+            path.append(state["x"][: self.n_paths])
+            times.append(state["t"])
+
+        corrector = "langevin" if self.corrector.value else None
+        x = sampling.pc_sample(score, sde, x_T, self.n_steps.value, corrector=corrector, generator=self.seed + 1, callback=keep)
+        return x, torch.stack(path), np.array(times)
 
     def draw(self) -> Figure:
         sde = self.sdes[self.sde_name.value]
         t = self.time.value * sde.T
         marginal = self.mixture.marginal(sde, t)
         mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
-        half = max(6.0, 4 * mean_scale + 3 * std)
+        half = self.half_width(self.sde_name.value)
         fig = Figure(figsize=(8.4, 4.2), layout="constrained")
         left, right = fig.subplots(1, 2)
-        density = viz.plot_density(
-            marginal, (-half, half), 80, ax=left, title=f"{self.sde_name.value}: p_t at t = {t:.3g}  (m = {mean_scale:.2f}, s = {std:.2f})"
-        )
+        title = f"{self.sde_name.value}: p_t at t = {t:.3g}\nmean scale m(t) = {mean_scale:.2f}, σ(t) = {std:.2f}"
+        density = viz.plot_density(marginal, (-half, half), 80, ax=left, title=title, colorbar="density p_t")
         viz.plot_field(marginal.score, (-half, half), 17, ax=left)
         self.corrector.disabled = self.sampler.value != "reverse SDE"
-        x, paths = self.run()
-        viz.plot_density(self.mixture, (-6, 6), 80, ax=right, title=f"{self.sampler.value}: paths and samples at t = ε")
+        x, paths, times = self.run()
+        now = int(np.abs(times - t).argmin())  # the saved state nearest to the slider's t
+        viz.plot_density(self.mixture, (-6, 6), 80, ax=right, title=f"{self.sampler.value} over p_0\n(paths from T; dots at t)")
         for k in range(paths.shape[1]):
             right.plot(paths[:, k, 0], paths[:, k, 1], lw=0.7, color="w", alpha=0.8)
-        viz.plot_samples(x, ax=right, bounds=(-6, 6), color=viz.FIELD_COLOR, s=3)
+        viz.plot_samples(x, ax=right, bounds=(-6, 6), s=3)
+        right.scatter(paths[now, :, 0], paths[now, :, 1], s=22, color="w", edgecolors="k", linewidths=0.8, zorder=3)
         tv = tv_grid(x, self.mixture, bounds=(-6, 6), bins=20)
-        self.data = {"density": density.get_array().data.copy(), "samples": x.numpy(), "paths": paths.numpy(), "tv": tv}
-        self.status.value = f"TV(samples, p_0) = {tv.tv:.3f}; an exact sampler of {len(x)} points scores {tv.floor:.3f} ± {tv.spread:.3f}"
+        self.data = {"density": density.get_array().data.copy(), "samples": x.numpy(), "paths": paths.numpy(), "tv": tv, "now": now}
+        self.status.value = (
+            f"TV(samples, p_0) = {tv.tv:.3f}; an exact sampler of {len(x)} points scores {tv.floor:.3f} ± {tv.spread:.3f}. "
+            f"White dots: the paths at t = {times[now]:.3g}."
+        )
         return fig

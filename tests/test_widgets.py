@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from scorelab import viz
-from scorelab.widgets import PNG_SIGNATURE, LangevinPlayground, ScoreFieldExplorer, SDEExplorer
+from scorelab.widgets import PNG_SIGNATURE, LangevinPlayground, ScoreFieldExplorer, SDEExplorer, where_the_error_is
 
 
 def redraw_and_check_image(explorer, control, value):
@@ -66,6 +66,30 @@ def test_training_shows_the_learned_field_and_its_error(explorer):
     assert "error" in explorer.data
 
 
+def test_status_says_where_the_error_is_from_its_numbers(explorer):
+    """The claim in the status line follows the two averages it reports, at every sigma (not a fixed sentence)."""
+    if explorer.model is None or not explorer.show_model.value:
+        explorer.train()
+    sentences = set()
+    for sigma in (0.02, 0.3, 2.8):
+        explorer.sigma.value = sigma
+        ratio, status = explorer.data["box_over_weighted"], explorer.status.value
+        if ratio >= 3:
+            assert "lives where p_σ is small" in status, (sigma, ratio)
+        else:
+            assert "lives where p_σ is small" not in status, (sigma, ratio)
+        assert ("poor even on the data" in status) == (explorer.data["relative_fisher"] > 0.5), sigma
+        sentences.add(status.split("; ")[1].split(":")[0].split(" (")[0])
+    assert len(sentences) > 1  # the text changes with sigma: small sigma is off-data error, sigma ~ spread is uniform
+
+
+def test_where_the_error_is_covers_each_case():
+    assert where_the_error_is(10.0, 0.1).startswith("the error lives where p_σ is small")
+    assert where_the_error_is(0.2, 0.1).startswith("the error is largest on the data")
+    assert where_the_error_is(1.0, 0.1).startswith("the error is about as large")
+    assert where_the_error_is(10.0, 1.9).endswith("poor even on the data at this σ")
+
+
 def test_train_button_trains(explorer):
     explorer.spread.value = 3.0
     count = explorer.draw_count
@@ -95,12 +119,25 @@ def test_playground_shows_the_annealing_effect(playground):
     playground.n_particles.value, playground.n_steps.value, playground.step_size.value = 2000, 20, 2e-3
     playground.sigma_max.value, playground.sigma_min.value = 20.0, 0.1
     annealed_small = playground.data["weights"][0]
-    playground.annealed.value = False
-    playground.step_size.value, playground.n_steps.value = 0.1, 300
+    assert playground.data["reached"] > 0.95
+    count = playground.draw_count
+    playground.annealed.value = False  # loads plain Langevin's own settings, one redraw
+    assert playground.draw_count == count + 1
+    assert (playground.step_size.value, playground.n_steps.value) == LangevinPlayground.DEFAULTS[False]
     plain_small = playground.data["weights"][0]
     se = np.sqrt(0.16 / 2000)
     assert abs(annealed_small - 0.2) < 0.02 + 4 * se  # 30 levels: annealing bias 0.014 measured with 20 000 particles
-    assert abs(plain_small - 0.2) > 0.15  # plain Langevin keeps the split of its broad start
+    # plain Langevin from the uniform box converges within a mode and keeps the box's split: 1/2, not 1/5
+    assert playground.data["reached"] > 0.95 and abs(plain_small - 0.5) < 4 * np.sqrt(0.25 / 2000)
+    playground.annealed.value = True
+    assert (playground.step_size.value, playground.n_steps.value) == LangevinPlayground.DEFAULTS[True]
+
+
+def test_playground_says_when_particles_have_not_arrived(playground):
+    """Weights of particles that never reached a mode are flagged, not shown as a result (the old default did that)."""
+    playground.set_controls({playground.annealed: False, playground.step_size: 2e-3, playground.n_steps: 20})
+    assert playground.data["reached"] < 0.5 and "the weights mean nothing" in playground.status.value
+    playground.annealed.value = True
 
 
 def test_playground_divergence_is_reported_not_drawn(playground):
@@ -134,6 +171,17 @@ def test_sde_explorer_controls_redraw(sde_explorer):
         redraw_and_check_image(sde_explorer, control, value)
         changed = not np.array_equal(sde_explorer.data["density"], density) or not np.array_equal(sde_explorer.data["samples"], samples)
         assert changed, control.description
+
+
+def test_sde_explorer_bounds_are_fixed_per_sde_and_mark_the_time(sde_explorer):
+    """VE's panel does not rescale with t (its variance visibly explodes); the dots follow the slider."""
+    assert sde_explorer.half_width("VE") > 30 and sde_explorer.half_width("VP") == 6.0
+    sde_explorer.sde_name.value, sde_explorer.sampler.value = "VP", "reverse SDE"
+    nows = []
+    for fraction in (0.9, 0.5, 0.1):
+        sde_explorer.time.value = fraction
+        nows.append(sde_explorer.data["now"])
+    assert nows == sorted(nows) and len(set(nows)) == 3  # paths run from T down: later index, smaller t
 
 
 def test_sde_explorer_samplers_reach_the_mixture(sde_explorer):
