@@ -41,9 +41,16 @@ def check_tensor(name: str, x, min_dim: int = 1) -> torch.Tensor:
         raise ValueError(f"{name} must have at least {min_dim} dims (batch first), got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    if not torch.isfinite(x).all():
+    if not _inside_torch_func(x) and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
+
+
+def _inside_torch_func(x: torch.Tensor) -> bool:
+    """True for a tensor wrapped by a torch.func transform (vmap, grad): its values cannot steer Python control flow,
+    so value checks are skipped there (they ran on the real inputs before the transform; lesson 02's per-sample
+    gradients use this)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 def check_positive(name: str, value, allow_tensor: bool = True):

@@ -49,6 +49,31 @@ def fisher_divergence(score, dist: GaussianMixture, n: int = 10_000, generator=N
     return Estimate(sq.mean().item(), (sq.std() / math.sqrt(n)).item())
 
 
+def gradient_variance(model: torch.nn.Module, loss, *inputs: torch.Tensor) -> float:
+    r"""Total variance of the per-sample gradient, E_i ||g_i - mean_j g_j||^2 with g_i = grad_theta loss(sample i) (lesson 02).
+
+    This is the noise SGD feels (what a loss's own variance is not: a term without theta adds variance
+    to the loss and none to its gradient). `loss(f, *batches)` gets the model as a function `f` of its
+    input and batches of one sample (rows of `inputs`, all of length n) and returns a scalar, e.g.
+    `lambda f, x, z: losses.dsm(f, x, sigma, noise=z)`. Per-sample gradients by `torch.func.vmap(grad)`,
+    not n backward passes.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_callable("loss", loss)
+    n = len(check_tensor("inputs[0]", inputs[0])) if inputs else 0
+    if n < 2 or any(len(v) != n for v in inputs):
+        raise ValueError(f"inputs must be tensors with the same number (>= 2) of rows, got {[tuple(v.shape) for v in inputs]}")
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def one(p, *rows):
+        return loss(lambda v: torch.func.functional_call(model, p, (v,)), *(r[None] for r in rows))
+
+    grads = torch.func.vmap(torch.func.grad(one), in_dims=(None, *[0] * len(inputs)))(params, *inputs)
+    flat = torch.cat([g.reshape(n, -1) for g in grads.values()], 1)
+    return ((flat - flat.mean(0)) ** 2).sum(1).mean().item()
+
+
 def _histogram_masses(samples: torch.Tensor, lo: float, hi: float, bins: int) -> np.ndarray:
     """Fractions of samples in each of bins x bins square cells over [lo, hi]^2, plus one 'outside' cell."""
     x = samples.detach().double().cpu()
