@@ -71,8 +71,8 @@ def _finish(ax, bounds, title):
 
 
 def add_colorbar(artist, ax, label: str):
-    """A slim colour bar for `artist` beside `ax`, labelled with the quantity the colour carries."""
-    bar = ax.figure.colorbar(artist, ax=ax, shrink=0.75, pad=0.02, aspect=25)
+    """A slim colour bar for `artist` beside `ax` (one axes, or several sharing the bar), labelled with its quantity."""
+    bar = artist.axes.figure.colorbar(artist, ax=ax, shrink=0.75, pad=0.02, aspect=25)
     bar.set_label(label, size="small")
     bar.ax.tick_params(labelsize="x-small")
     return bar
@@ -140,6 +140,6 @@ def plot_samples(
     """A scatter of `(n, 2)` samples; returns the `PathCollection`."""
     ax = _ax(ax)
     x = x.detach().cpu().numpy()
-    points = ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, color=color, linewidths=0, **kwargs)
+    points = ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, color=color, **{"linewidths": 0, **kwargs})
     _finish(ax, bounds, title)
     return points
