@@ -20,8 +20,20 @@ $(STAMP): pyproject.toml
 lessons: $(STAMP)
 	$(PY) tools/run_notebooks.py lessons toy --out build --timeout $(NB_TIMEOUT)
 
-## make test: unit and statistical tests, then every notebook under nbval
-test: $(STAMP)
+# Chromium for the browser test, from the system's packages: installed when we can (root on Debian/Ubuntu),
+# otherwise tests/test_browser.py skips and says how to enable it. Never a browser download.
+CHROMIUM_STAMP := $(VENV)/.chromium-checked
+$(CHROMIUM_STAMP): $(STAMP)
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (system package) for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "could not install chromium: the browser test will skip"; \
+	else echo "no chromium and not root on Debian/Ubuntu: the browser test will skip (apt-get install chromium)"; fi
+	touch $@
+
+## make test: unit and statistical tests, every notebook under nbval, the demos in a real browser
+test: $(STAMP) $(CHROMIUM_STAMP)
 	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --timeout=900 -p no:cacheprovider
 
 ## make lab: JupyterLab on the lessons

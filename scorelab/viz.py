@@ -134,9 +134,7 @@ def plot_field(
     return quiver
 
 
-def plot_samples(
-    x: torch.Tensor, ax=None, bounds=(-8.0, 8.0), s: float = 3, alpha: float = 0.5, color=SAMPLE_COLOR, title=None, **kwargs
-):
+def plot_samples(x: torch.Tensor, ax=None, bounds=(-8.0, 8.0), s: float = 3, alpha: float = 0.5, color=SAMPLE_COLOR, title=None, **kwargs):
     """A scatter of `(n, 2)` samples; returns the `PathCollection`."""
     ax = _ax(ax)
     x = x.detach().cpu().numpy()

@@ -1,13 +1,20 @@
-"""Execute notebooks headlessly; write executed copies and HTML to an output folder.
+"""Execute notebooks headlessly; write executed copies and a static site that works offline.
 
     python tools/run_notebooks.py lessons toy --out build
 
-Prints one row per notebook (name, seconds, status) and exits non-zero if any failed.
+Prints one row per notebook (name, seconds, status) and exits non-zero if any failed. In `--out`:
+`<folder>/<name>.ipynb` (executed, with widget state, for Jupyter), `<folder>/<name>.html` (a static
+page: MathJax from `_static/mathjax/`, no CDN; each demo shows its figure at the default settings) and
+`index.html`, linking every page with its run time and the notebook's one-line summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import html
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -18,6 +25,9 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from nbconvert import HTMLExporter
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+TEMPLATES = Path(__file__).parent / "site_template"
 
 
 def find_notebooks(folders: list[str]) -> list[Path]:
@@ -30,7 +40,53 @@ def find_notebooks(folders: list[str]) -> list[Path]:
     return found
 
 
-def execute(path: Path, out_dir: Path, timeout: int) -> tuple[float, str]:
+def summary(nb) -> tuple[str, str]:
+    """(title, one-line summary) from the first Markdown cell: its heading and the first sentence after it."""
+    text = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
+    lines = text.strip().splitlines()
+    title = lines[0].lstrip("# ").strip() if lines else ""
+    body = " ".join(line.strip() for line in lines[1:] if line.strip())
+    body = re.sub(r"\*\*Goal\.\*\*\s*", "", body)
+    sentence = re.split(r"(?<=[.!?])\s", body, maxsplit=1)[0] if body else ""
+    return title, sentence
+
+
+def static_copy(nb):
+    """The notebook as a page without a kernel: widget views give way to the static figure each explorer also provides."""
+    nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)  # no widget manager to load
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW in data:
+                del data[WIDGET_VIEW]
+                data.setdefault("text/plain", "(an interactive widget: run the notebook to use it)")
+    return nb
+
+
+def html_page(nb, depth: int) -> str:
+    """A self-contained lab-style page; `depth` folders below the site root (for the MathJax address)."""
+    exporter = HTMLExporter(
+        template_name="index.html.j2",
+        extra_template_basedirs=[str(TEMPLATES)],
+        mathjax_url="../" * depth + "_static/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe",
+    )
+    exporter.template_file = "index.html.j2"
+    page, _ = exporter.from_notebook_node(static_copy(nb))
+    return page
+
+
+def copy_mathjax(out_dir: Path) -> None:
+    """MathJax 2.7 from the `jupyter-server-mathjax` package into `<out>/_static/mathjax` (once)."""
+    import jupyter_server_mathjax
+
+    source = Path(jupyter_server_mathjax.__file__).parent / "static"
+    target = out_dir / "_static" / "mathjax"
+    if not (target / "MathJax.js").exists():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+
+
+def execute(path: Path, out_dir: Path, timeout: int) -> tuple[float, str, tuple[str, str]]:
     """Run one notebook in its own folder; save `<out>/<folder>/<name>.ipynb` and `.html` whatever happens."""
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
@@ -50,9 +106,45 @@ def execute(path: Path, out_dir: Path, timeout: int) -> tuple[float, str]:
     target = out_dir / path.parent.name
     target.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target / path.name)
-    html, _ = HTMLExporter().from_notebook_node(nb)
-    (target / path.with_suffix(".html").name).write_text(html, encoding="utf-8")
-    return seconds, status
+    (target / path.with_suffix(".html").name).write_text(html_page(nb, depth=1), encoding="utf-8")
+    return seconds, status, summary(nb)
+
+
+def write_index(out_dir: Path, rows: list[tuple[Path, float, str, tuple[str, str]]]) -> Path:
+    """`index.html`: every page grouped by folder, with its run time, status and summary."""
+    body = []
+    for folder in dict.fromkeys(path.parent.name for path, *_ in rows):
+        body.append(f"<h2>{html.escape(folder)}/</h2>\n<table>\n<tr><th>page</th><th>what you will see</th><th>run time</th></tr>")
+        for path, seconds, status, (title, sentence) in rows:
+            if path.parent.name != folder:
+                continue
+            link = f"{folder}/{path.with_suffix('.html').name}"
+            state = "" if status == "ok" else f' <span class="failed">{html.escape(status)}</span>'
+            body.append(
+                f'<tr><td><a href="{html.escape(link)}">{html.escape(title or path.stem)}</a></td>'
+                f"<td>{html.escape(sentence)}{state}</td><td>{seconds:.0f} s</td></tr>"
+            )
+        body.append("</table>")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>scorelab: lessons and demos</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; line-height: 1.45; color: #222; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ text-align: left; padding: 0.4rem 0.6rem; border-bottom: 1px solid #ddd; vertical-align: top; }}
+td:last-child, th:last-child {{ text-align: right; white-space: nowrap; }}
+a {{ color: #1f5fa8; }} .failed {{ color: #b00020; font-weight: bold; }}
+</style></head><body>
+<h1>scorelab: lessons and demos</h1>
+<p>Executed copies of every lesson and demo, readable without running anything (and without a network).
+The demos show their figures at the default settings; open the notebooks in Jupyter to move the sliders.
+Run times are this build's, on this machine.</p>
+{chr(10).join(body)}
+</body></html>
+"""
+    index = out_dir / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,15 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=300, help="seconds allowed per cell")
     args = parser.parse_args(argv)
     notebooks = find_notebooks(args.folders)
+    out_dir = Path(args.out)
+    copy_mathjax(out_dir)
     width = max(len(str(path)) for path in notebooks)
     print(f"{'notebook':<{width}}  {'seconds':>8}  status", flush=True)
-    failed = 0
+    rows = []
     for path in notebooks:
-        seconds, status = execute(path, Path(args.out), args.timeout)
-        failed += status != "ok"
+        seconds, status, about = execute(path, out_dir, args.timeout)
+        rows.append((path, seconds, status, about))
         print(f"{str(path):<{width}}  {seconds:8.1f}  {status}", flush=True)
-    print(f"executed notebooks and HTML in {args.out}/")
-    return 1 if failed else 0
+    index = write_index(out_dir, rows)
+    print(f"executed notebooks and HTML in {out_dir}/; open {index}")
+    return 1 if any(status != "ok" for _, _, status, _ in rows) else 0
 
 
 if __name__ == "__main__":
