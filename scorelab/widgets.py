@@ -121,7 +121,7 @@ class ScoreFieldExplorer(Explorer):
         self.imbalance = W.FloatSlider(value=0.3, min=0.0, max=0.9, step=0.05, description="imbalance")
         self.sigma = W.FloatLogSlider(value=0.1, base=10, min=-1.7, max=0.45, step=0.05, description="σ")
         self.show_model = W.Checkbox(value=False, description="learned field")
-        self.train_button = W.Button(description="train on this mixture", icon="play")
+        self.train_button = W.Button(description="train on this mixture", icon="play", layout=W.Layout(width="auto"))
         self.train_button.on_click(lambda _button: self.train())
         self.model: ScoreMLP | None = None
         self._trained_on = None
@@ -335,7 +335,9 @@ class SDEExplorer(Explorer):
         slider = {"continuous_update": False}
         self.sde_name = W.Dropdown(options=list(self.sdes), value="VP", description="SDE")
         self.time = W.FloatSlider(value=0.3, min=0.0, max=1.0, step=0.01, description="t / T", **slider)
-        self.sampler = W.ToggleButtons(options=["reverse SDE", "probability-flow ODE"], value="reverse SDE", description="sampler")
+        self.sampler = W.ToggleButtons(
+            options=["reverse SDE", "probability-flow ODE"], value="reverse SDE", description="sampler", style={"button_width": "auto"}
+        )
         self.corrector = W.Checkbox(value=False, description="Langevin corrector")
         self.n_steps = W.IntSlider(value=200, min=5, max=1000, step=5, description="steps", **slider)
         super().__init__([self.sde_name, self.time, self.n_steps, self.sampler, self.corrector])

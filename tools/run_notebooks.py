@@ -25,6 +25,7 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from nbconvert import HTMLExporter
+from nbconvert.filters.markdown_mistune import markdown2html_mistune
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 TEMPLATES = Path(__file__).parent / "site_template"
@@ -52,26 +53,39 @@ def summary(nb) -> tuple[str, str]:
 
 
 def static_copy(nb):
-    """The notebook as a page without a kernel: widget views give way to the static figure each explorer also provides."""
+    """The notebook as a page without a kernel: widget views give way to the static figure each explorer also
+    provides (its `text/html`); widgets with nothing static to show (progress bars) are left out."""
     nb = copy.deepcopy(nb)
     nb.metadata.pop("widgets", None)  # no widget manager to load
     for cell in nb.cells:
+        kept = []
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             if WIDGET_VIEW in data:
                 del data[WIDGET_VIEW]
-                data.setdefault("text/plain", "(an interactive widget: run the notebook to use it)")
+                if "text/html" not in data and "image/png" not in data:
+                    continue  # its text/plain is the widget's repr at creation (a progress bar at 0%)
+            kept.append(output)
+        if cell.cell_type == "code":
+            cell.outputs = kept
     return nb
+
+
+MATHJAX_CONFIG = (TEMPLATES / "offline.html.j2").read_text().split("{%- block html_head_js_mathjax -%}")[1].split("{{ super() }}")[0]
+
+
+def mathjax_address(depth: int) -> str:
+    return "../" * depth + "_static/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
 
 
 def html_page(nb, depth: int) -> str:
     """A self-contained lab-style page; `depth` folders below the site root (for the MathJax address)."""
     exporter = HTMLExporter(
-        template_name="index.html.j2",
-        extra_template_basedirs=[str(TEMPLATES)],
-        mathjax_url="../" * depth + "_static/mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe",
+        template_name="lab",
+        extra_template_paths=[str(TEMPLATES)],
+        mathjax_url=mathjax_address(depth),
     )
-    exporter.template_file = "index.html.j2"
+    exporter.template_file = "offline.html.j2"
     page, _ = exporter.from_notebook_node(static_copy(nb))
     return page
 
@@ -122,7 +136,7 @@ def write_index(out_dir: Path, rows: list[tuple[Path, float, str, tuple[str, str
             state = "" if status == "ok" else f' <span class="failed">{html.escape(status)}</span>'
             body.append(
                 f'<tr><td><a href="{html.escape(link)}">{html.escape(title or path.stem)}</a></td>'
-                f"<td>{html.escape(sentence)}{state}</td><td>{seconds:.0f} s</td></tr>"
+                f"<td>{markdown2html_mistune(sentence)}{state}</td><td>{seconds:.0f} s</td></tr>"
             )
         body.append("</table>")
     page = f"""<!DOCTYPE html>
@@ -133,8 +147,14 @@ body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto;
 table {{ border-collapse: collapse; width: 100%; }}
 th, td {{ text-align: left; padding: 0.4rem 0.6rem; border-bottom: 1px solid #ddd; vertical-align: top; }}
 td:last-child, th:last-child {{ text-align: right; white-space: nowrap; }}
-a {{ color: #1f5fa8; }} .failed {{ color: #b00020; font-weight: bold; }}
-</style></head><body>
+a {{ color: #1f5fa8; }} .failed {{ color: #b00020; font-weight: bold; }} td p {{ margin: 0; }}
+</style>
+{MATHJAX_CONFIG}
+<script src="{mathjax_address(0)}"></script>
+<script type="text/x-mathjax-config">
+MathJax.Hub.Config({{tex2jax: {{inlineMath: [["$", "$"]], processEscapes: true}}, messageStyle: "none"}});
+</script>
+</head><body>
 <h1>scorelab: lessons and demos</h1>
 <p>Executed copies of every lesson and demo, readable without running anything (and without a network).
 The demos show their figures at the default settings; open the notebooks in Jupyter to move the sliders.
