@@ -141,3 +141,48 @@ def plot_samples(x: torch.Tensor, ax=None, bounds=(-8.0, 8.0), s: float = 3, alp
     points = ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, color=color, **{"linewidths": 0, **kwargs})
     _finish(ax, bounds, title)
     return points
+
+
+def plot_samples_on(density, x: torch.Tensor, bounds=(-8.0, 8.0), ax=None, title=None, s: float = 3, **kwargs):
+    """Samples `(n, 2)` over a density backdrop (a `GaussianMixture` or a log-density callable); returns the scatter."""
+    ax = _ax(ax)
+    plot_density(density, bounds, ax=ax, title=title)
+    return plot_samples(x, ax=ax, bounds=bounds, s=s, **kwargs)
+
+
+def plot_paths(paths, ax=None, color="w", **kwargs):
+    """Trajectories `(n_steps, n_paths, 2)` (a sampler's saved states) as thin lines; returns the lines."""
+    ax = _ax(ax)
+    paths = paths.detach().cpu().numpy() if isinstance(paths, torch.Tensor) else np.asarray(paths)
+    if paths.ndim != 3 or paths.shape[-1] != 2:
+        raise ValueError(f"paths must have shape (n_steps, n_paths, 2), got {paths.shape}")
+    return ax.plot(paths[:, :, 0], paths[:, :, 1], lw=kwargs.pop("lw", 0.7), color=color, alpha=kwargs.pop("alpha", 0.8), **kwargs)
+
+
+def plot_score_error(
+    score, reference, bounds=(-8.0, 8.0), resolution: int = 150, ax=None, density=None, title=None, colorbar=None, **kwargs
+):
+    """|score(x) - reference(x)| as an image in `ERROR_CMAP`, with contours of `density` (log p = -3, -6) in blue.
+
+    The contours show where the data lives, so a reader sees at once whether the error sits on the
+    data or away from it (lessons 02-03). Returns the `AxesImage`; `colorbar` as in `plot_heatmap`.
+    """
+    check_callable("score", score)
+    check_callable("reference", reference)
+    image = plot_heatmap(
+        lambda x: (score(x) - reference(x)).norm(dim=1),
+        bounds,
+        resolution,
+        ax=ax,
+        cmap=ERROR_CMAP,
+        title=title,
+        colorbar=colorbar,
+        **kwargs,
+    )
+    if density is not None:
+        log_prob = density.log_prob if isinstance(density, GaussianMixture) else density
+        lo, hi = check_bounds(bounds)
+        axis = np.linspace(lo, hi, resolution)
+        levels = evaluate_on_grid(log_prob, bounds, resolution)
+        image.axes.contour(axis, axis, levels, levels=[-6, -3], colors="tab:blue", linewidths=1.1)
+    return image

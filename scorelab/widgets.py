@@ -173,13 +173,14 @@ class ScoreFieldExplorer(Explorer):
             def learned(x):
                 return self.model(x, sigma_batch.expand(len(x)))
 
-            error = viz.plot_heatmap(
-                lambda x: (learned(x) - noisy.score(x)).norm(dim=1),
+            error = viz.plot_score_error(
+                learned,
+                noisy.score,
                 self.bounds,
                 self.resolution,
                 ax=right,
-                cmap=viz.ERROR_CMAP,
-                title="learned field over its error",
+                density=noisy,
+                title="learned field over its error\n(blue: log p_σ = −3, −6)",
                 colorbar="|s_θ − ∇log p_σ|",
             )
             viz.plot_field(learned, self.bounds, self.n_arrows, ax=right, color="k")
@@ -383,8 +384,7 @@ class SDEExplorer(Explorer):
         x, paths, times = self.run()
         now = int(np.abs(times - t).argmin())  # the saved state nearest to the slider's t
         viz.plot_density(self.mixture, (-6, 6), 80, ax=right, title=f"{self.sampler.value} over p_0\n(paths from T; dots at t)")
-        for k in range(paths.shape[1]):
-            right.plot(paths[:, k, 0], paths[:, k, 1], lw=0.7, color="w", alpha=0.8)
+        viz.plot_paths(paths, ax=right)
         viz.plot_samples(x, ax=right, bounds=(-6, 6), s=3)
         right.scatter(paths[now, :, 0], paths[now, :, 1], s=22, color="w", edgecolors="k", linewidths=0.8, zorder=3)
         tv = tv_grid(x, self.mixture, bounds=(-6, 6), bins=20)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,6 +100,8 @@ CASES = [
     (lambda: datasets.ring_mixture(n_modes=0), ValueError, "n_modes"),
     (lambda: datasets.checkerboard(10, n_squares=1), ValueError, "n_squares"),
     (lambda: viz.plot_field("score"), TypeError, "fn"),
+    (lambda: viz.plot_paths(np.zeros((3, 2))), ValueError, "paths"),
+    (lambda: viz.plot_score_error(lambda x: x, "exact"), TypeError, "reference"),
     (lambda: viz.grid(bounds=(0, 0)), ValueError, "bounds"),
     (lambda: sampling.langevin(score, X, 0.0, 10), ValueError, "step_size"),
     (lambda: sampling.langevin(score, X, -0.1, 10), ValueError, "step_size"),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from scorelab import viz
+from scorelab.datasets import ring_mixture
 from scorelab.widgets import PNG_SIGNATURE, LangevinPlayground, ScoreFieldExplorer, SDEExplorer, where_the_error_is
 
 
@@ -196,3 +197,12 @@ def test_sde_explorer_samplers_reach_the_mixture(sde_explorer):
         assert sde_explorer.corrector.disabled  # no corrector for the ODE
         sde_explorer.sampler.value = "reverse SDE"
         assert not sde_explorer.corrector.disabled
+
+
+def test_score_error_map_is_the_error_and_marks_the_data():
+    """viz.plot_score_error: the image is |s - reference| on the grid, and the density's contours are drawn."""
+    mix = ring_mixture(3, radius=3.5, std=0.5)
+    shifted = lambda x: mix.score(x) + 1.0  # error sqrt(2) everywhere
+    image = viz.plot_score_error(shifted, mix.score, (-6, 6), 20, density=mix)
+    np.testing.assert_allclose(image.get_array().data, np.sqrt(2), rtol=1e-5)
+    assert len(image.axes.collections) > 0  # the contours of log p
