@@ -89,3 +89,14 @@ def check_bounds(bounds):
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
     return lo, hi
+
+
+def check_per_sample(name: str, value, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """A per-sample scalar as a `(batch,)` tensor on `like`'s dtype and device: a number, a 0-d tensor, or a
+    tensor of `batch` elements (any shape with that many, e.g. `(batch, 1)`); anything else is a clear error."""
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if value.numel() == 1:
+        return value.reshape(()).expand(batch)
+    if value.numel() != batch or (value.ndim > 1 and value.shape[0] != batch):
+        raise ValueError(f"{name} must be a scalar or hold one value per sample ({batch},), got shape {tuple(value.shape)}")
+    return value.reshape(batch)

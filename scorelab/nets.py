@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_int, check_positive
+from ._checks import check_int, check_per_sample, check_positive
 from .distributions import score_from_energy
 
 
@@ -89,20 +89,20 @@ class ScoreMLP(nn.Module):
         return self.embed is not None
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        h = _flatten_features(x, self.dim)
+        h = _flatten_features(x, self.dim, self.net[0].weight.dtype)
         if not self.conditional:
             if c is not None:
                 raise TypeError("this ScoreMLP is unconditional: call it as model(x)")
-            return self.net(h).reshape(x.shape)
+            return self.net(h).reshape(x.shape).to(x.dtype)
         if c is None:
             raise TypeError("this ScoreMLP is conditional (n_fourier > 0): call it as model(x, c) with c of shape (n,)")
-        c = torch.as_tensor(c, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        c = check_per_sample("c", c, x.shape[0], h)
         if self.log_condition or self.divide_by_sigma:
             check_positive("c", c)
         out = self.net(torch.cat([h, self.embed(c.log() if self.log_condition else c)], dim=1))
         if self.divide_by_sigma:
             out = out / c[:, None]
-        return out.reshape(x.shape)
+        return out.reshape(x.shape).to(x.dtype)
 
 
 class EnergyMLP(nn.Module):
@@ -120,20 +120,26 @@ class EnergyMLP(nn.Module):
         self.net = _mlp(dim, 1, hidden, n_layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(_flatten_features(x, self.dim)).squeeze(1)
+        return self.net(_flatten_features(x, self.dim, self.net[0].weight.dtype)).squeeze(1).to(x.dtype)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """-grad_x E(x), same shape as `x`."""
         return score_from_energy(self)(x)
 
 
-def _flatten_features(x: torch.Tensor, dim: int) -> torch.Tensor:
+def _flatten_features(x: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """`(n, dim)` features in the network's dtype. The dtype rule: floating input of another precision (float64
+    from numpy, say) is cast to the network's and the output cast back to the input's, so a student's float64
+    data just works and keeps its dtype; integer or boolean input is refused (it is almost always a mistake:
+    labels, indices, an image not yet scaled to floats)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}: convert it with x.float()")
     flat = x.reshape(x.shape[0], -1)
     if flat.shape[1] != dim:
         raise ValueError(f"x must have {dim} features per sample, got shape {tuple(x.shape)}")
-    return flat
+    return flat.to(dtype)
 
 
 class EMA:

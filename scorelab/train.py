@@ -156,6 +156,12 @@ def fit(
     with tqdm(range(len(history), config.n_steps), desc="fit", initial=len(history), total=config.n_steps, **bar_options) as bar:
         for i in bar:
             loss = loss_fn(model, next_batch(), generator)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                raise ValueError(
+                    f"loss_fn must return a scalar tensor (the mean over the batch), got {shape}: "
+                    "pass reduction='mean' to the loss, or reduce it with .mean()"
+                )
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at step {i}: lower the learning rate (lr={config.lr}) or set grad_clip in TrainConfig"

@@ -10,6 +10,7 @@ from scorelab import (
     EMA,
     VESDE,
     VPSDE,
+    EnergyMLP,
     GaussianMixture,
     ScoreMLP,
     TrainConfig,
@@ -84,6 +85,11 @@ CASES = [
     (lambda: ScoreMLP(2, log_condition=True), ValueError, "n_fourier"),
     (lambda: ScoreMLP(2, n_fourier=4, log_condition=True)(X, torch.zeros(8)), ValueError, "c"),
     (lambda: EMA(ScoreMLP(2), decay=1.0), ValueError, "decay"),
+    (lambda: ScoreMLP(2, n_fourier=4)(X, torch.ones(7)), ValueError, "c"),  # one sigma too few: no silent broadcast
+    (lambda: ScoreMLP(2, n_fourier=4)(X, torch.ones(8, 2)), ValueError, "c"),
+    (lambda: ScoreMLP(2)(torch.zeros(8, 2, dtype=torch.long)), TypeError, "x"),
+    (lambda: fit(ScoreMLP(2), lambda m, x, g: (m(x) ** 2).sum(1), X, TrainConfig(n_steps=1, progress=False)), ValueError, "loss_fn"),
+    (lambda: fit(ScoreMLP(2), lambda m, x, g: 1.0, X, TrainConfig(n_steps=1, progress=False)), ValueError, "loss_fn"),
     (lambda: EMA("model"), TypeError, "model"),
     (lambda: TrainConfig(n_steps=0), ValueError, "n_steps"),
     (lambda: TrainConfig(lr=-1e-3), ValueError, "lr"),
@@ -152,3 +158,20 @@ CASES = [
 def test_bad_input_raises_naming_the_argument(call, error, word):
     with pytest.raises(error, match=rf"\b{word}\b"):
         call()
+
+
+def test_networks_take_float64_and_keep_its_dtype():
+    """numpy gives float64: the float32 network casts it in and its answer back (the rule in nets._flatten_features)."""
+    unconditional, conditional = ScoreMLP(2), ScoreMLP(2, n_fourier=4, log_condition=True)
+    for y64, y32 in [(unconditional(X.double()), unconditional(X)), (conditional(X.double(), 0.5), conditional(X, 0.5))]:
+        assert y64.dtype == torch.float64 and y64.shape == X.shape
+        torch.testing.assert_close(y64.float(), y32)
+    energy = EnergyMLP(2)
+    assert energy(X.double()).dtype == torch.float64 and energy.score(X.double()).dtype == torch.float64
+
+
+def test_per_sample_conditioning_accepts_the_common_forms():
+    net = ScoreMLP(2, n_fourier=4, log_condition=True)
+    reference = net(X, torch.full((8,), 0.3))
+    for c in (0.3, torch.tensor(0.3), torch.full((8, 1), 0.3)):
+        torch.testing.assert_close(net(X, c), reference)
