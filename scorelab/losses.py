@@ -10,7 +10,7 @@ so the same call serves 2-D points and images. Introduced in lesson 02.
     ssm   sliced score matching        E[v^T \nabla_x s(x) v + 1/2 (v^T s(x))^2]     (Song et al. 2019)
     dsm   denoising score matching     1/2 E||s(x~) + (x~ - x)/sigma^2||^2           (Vincent 2011)
     ncsn  multi-scale DSM, lambda(sigma) = sigma^2                               (Song & Ermon 2019, Eq. 6)
-    sde_dsm  continuous-time DSM for an SDE, lambda(t) = s(t)^2 or g(t)^2          (Song et al. 2021, Eq. 7)
+    sde_dsm  continuous-time DSM for an SDE, lambda(t) = sigma(t)^2 or g(t)^2          (Song et al. 2021, Eq. 7)
 """
 
 from __future__ import annotations
@@ -192,8 +192,8 @@ def sde_dsm(
 ) -> torch.Tensor:
     r"""Continuous-time denoising score matching (Song et al. 2021, Eq. 7).
 
-    t ~ U(eps, T), x_t = m(t) x + s(t) z, and 1/2 lambda(t) ||s_theta(x_t, t) + z / s(t)||^2 with
-    lambda(t) = s(t)^2 (`"sigma2"`: the loss is 1/2 ||s(t) s_theta + z||^2, every t weighted alike) or
+    t ~ U(eps, T), x_t = m(t) x + sigma(t) z, and 1/2 lambda(t) ||s_theta(x_t, t) + z / sigma(t)||^2 with
+    lambda(t) = sigma(t)^2 (`"sigma2"`: the loss is 1/2 ||sigma(t) s_theta + z||^2, every t weighted alike) or
     lambda(t) = g(t)^2 (`"likelihood"`: the loss bounds the negative log-likelihood, Song et al. 2021b).
     `score(x, t)` receives the forward time t as a `(batch,)` tensor. Introduced in lesson 05.
     """

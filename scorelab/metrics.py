@@ -61,7 +61,9 @@ def gradient_variance(model: torch.nn.Module, loss, *inputs: torch.Tensor) -> fl
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_callable("loss", loss)
-    n = len(check_tensor("inputs[0]", inputs[0])) if inputs else 0
+    for i, v in enumerate(inputs):  # checked here: inside the transform the loss cannot look at values
+        check_tensor(f"inputs[{i}]", v)
+    n = len(inputs[0]) if inputs else 0
     if n < 2 or any(len(v) != n for v in inputs):
         raise ValueError(f"inputs must be tensors with the same number (>= 2) of rows, got {[tuple(v.shape) for v in inputs]}")
     params = {name: p.detach() for name, p in model.named_parameters()}

@@ -252,7 +252,7 @@ CORRECTORS = {"langevin": _langevin_corrector, None: None}
 
 
 def _tweedie(sde, score, x, t: float) -> torch.Tensor:
-    """E[x_0 | x_t] = (x + s(t)^2 grad log p_t(x)) / m(t) for a linear SDE."""
+    """E[x_0 | x_t] = (x + sigma(t)^2 grad log p_t(x)) / m(t) for a linear SDE."""
     mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
     return (x + std**2 * score(x, _time_batch(t, x))) / mean_scale
 

@@ -1,6 +1,6 @@
 r"""Forward SDEs dX = f(t) X dt + g(t) dB, their Gaussian transition kernels, and the reverse-time drifts.
 
-Every SDE here is linear in x, so p_{0t}(x_t | x_0) = N(m(t) x_0, s(t)^2 I) with `marginal_coeffs(t) = (m(t), s(t))`,
+Every SDE here is linear in x, so p_{0t}(x_t | x_0) = N(m(t) x_0, sigma(t)^2 I) with `marginal_coeffs(t) = (m(t), sigma(t))`,
 and a Gaussian mixture stays a Gaussian mixture (`GaussianMixture.marginal`): the exact score of every
 marginal p_t is available, for every SDE (Song et al. 2021, *Score-based generative modeling through
 SDEs*, Sec. 3 and App. B). Samplers, losses and likelihoods are written once against this interface.
@@ -50,7 +50,7 @@ class SDE:
         raise NotImplementedError
 
     def marginal_coeffs(self, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """(m(t), s(t)): p_0t(x_t | x_0) = N(m(t) x_0, s(t)^2 I)."""
+        """(m(t), sigma(t)): p_0t(x_t | x_0) = N(m(t) x_0, sigma(t)^2 I)."""
         raise NotImplementedError
 
     def prior_std(self) -> float:
@@ -77,7 +77,7 @@ class SDE:
         return append_dims(self.drift_coeff(_as_time(t, x)).to(x.dtype), x.ndim) * x
 
     def marginal_sample(self, x0: torch.Tensor, t, generator=None) -> torch.Tensor:
-        """A draw of x_t given x_0: m(t) x_0 + s(t) z."""
+        """A draw of x_t given x_0: m(t) x_0 + sigma(t) z."""
         check_tensor("x0", x0, min_dim=2)
         mean_scale, std = self.marginal_coeffs(self.check_time(_as_time(t, x0)))
         z = torch.randn(x0.shape, generator=as_generator(generator, x0.device), dtype=x0.dtype, device=x0.device)
@@ -94,7 +94,7 @@ class SDE:
         return -0.5 * (flat**2).sum(1) / var - 0.5 * flat.shape[1] * math.log(2 * math.pi * var)
 
     def transition_coeffs(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a, b) with x_t = a x_s + b z for s < t: a = m(t)/m(s), b^2 = s(t)^2 - a^2 s(s)^2 (exact for linear SDEs)."""
+        """(a, b) with x_t = a x_s + b z for s < t: a = m(t)/m(s), b^2 = sigma(t)^2 - a^2 sigma(s)^2 (exact for linear SDEs)."""
         m_s, std_s = self.marginal_coeffs(s)
         m_t, std_t = self.marginal_coeffs(t)
         a = m_t / m_s
@@ -187,7 +187,7 @@ class SubVPSDE(VPSDE):
 
     def marginal_coeffs(self, t):
         alpha_bar = torch.exp(-self.integrated_beta(t))
-        return alpha_bar.sqrt(), 1 - alpha_bar  # std, not variance: s(t) = 1 - exp(-int beta)
+        return alpha_bar.sqrt(), 1 - alpha_bar  # std, not variance: sigma(t) = 1 - exp(-int beta)
 
     def ancestral_coeffs(self, t, t_next):
         return SDE.ancestral_coeffs(self, t, t_next)
@@ -246,10 +246,10 @@ def simulate_forward(sde: SDE, x0: torch.Tensor, t_end: float, n_steps: int, gen
 
 
 def condition_on_std(model, sde: SDE):
-    """A time-conditional score s(x, t) = model(x, s(t)) from a noise-conditional `model(x, sigma)`.
+    """A time-conditional score s(x, t) = model(x, sigma(t)) from a noise-conditional `model(x, sigma)`.
 
-    With `ScoreMLP(..., log_condition=True, divide_by_sigma=True)` the network sees log s(t) and outputs
-    net / s(t): the scale of the true score near t = 0 is built in (the SDE analogue of Technique 3 of
+    With `ScoreMLP(..., log_condition=True, divide_by_sigma=True)` the network sees log sigma(t) and outputs
+    net / sigma(t): the scale of the true score near t = 0 is built in (the SDE analogue of Technique 3 of
     Song & Ermon 2020). Lesson 05 trains one this way with `losses.sde_dsm`.
     """
 

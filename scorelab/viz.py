@@ -92,10 +92,16 @@ def plot_heatmap(fn, bounds=(-8.0, 8.0), resolution: int = 150, ax=None, cmap=DE
     return img
 
 
-def plot_density(density, bounds=(-8.0, 8.0), resolution: int = 150, ax=None, title=None, **kwargs):
-    """The density of a `GaussianMixture`, or of a callable log-density, as an image (`colorbar=` as in `plot_heatmap`)."""
+def _log_prob(density):
+    """A `GaussianMixture`'s `log_prob`, or the callable log-density itself."""
     log_prob = density.log_prob if isinstance(density, GaussianMixture) else density
     check_callable("density", log_prob)
+    return log_prob
+
+
+def plot_density(density, bounds=(-8.0, 8.0), resolution: int = 150, ax=None, title=None, **kwargs):
+    """The density of a `GaussianMixture`, or of a callable log-density, as an image (`colorbar=` as in `plot_heatmap`)."""
+    log_prob = _log_prob(density)
     return plot_heatmap(lambda x: log_prob(x).exp(), bounds, resolution, ax=ax, title=title, **kwargs)
 
 
@@ -156,7 +162,7 @@ def plot_paths(paths, ax=None, color="w", **kwargs):
     paths = paths.detach().cpu().numpy() if isinstance(paths, torch.Tensor) else np.asarray(paths)
     if paths.ndim != 3 or paths.shape[-1] != 2:
         raise ValueError(f"paths must have shape (n_steps, n_paths, 2), got {paths.shape}")
-    return ax.plot(paths[:, :, 0], paths[:, :, 1], lw=kwargs.pop("lw", 0.7), color=color, alpha=kwargs.pop("alpha", 0.8), **kwargs)
+    return ax.plot(paths[:, :, 0], paths[:, :, 1], color=color, **{"lw": 0.7, "alpha": 0.8, **kwargs})
 
 
 def plot_score_error(
@@ -180,9 +186,7 @@ def plot_score_error(
         **kwargs,
     )
     if density is not None:
-        log_prob = density.log_prob if isinstance(density, GaussianMixture) else density
-        lo, hi = check_bounds(bounds)
-        axis = np.linspace(lo, hi, resolution)
-        levels = evaluate_on_grid(log_prob, bounds, resolution)
-        image.axes.contour(axis, axis, levels, levels=[-6, -3], colors="tab:blue", linewidths=1.1)
+        _, axis = grid(bounds, resolution)
+        log_density = evaluate_on_grid(_log_prob(density), bounds, resolution)
+        image.axes.contour(axis, axis, log_density, levels=[-6, -3], colors="tab:blue", linewidths=1.1)
     return image

@@ -89,7 +89,8 @@ class Explorer:
 
 def where_the_error_is(box_over_weighted: float, relative_fisher: float) -> str:
     """One honest sentence on where a learned score's squared error lives, from two averages of it:
-    uniform over the plotted box, and weighted by p_sigma (the Fisher divergence); lesson 03 compares the same two."""
+    uniform over the plotted box, and weighted by p_sigma (the Fisher divergence); lesson 03 compares the same two.
+    A factor of 3 either way counts as "lives there"; in between the sentence says the two are comparable."""
     if box_over_weighted >= 3:
         where = f"the error lives where p_σ is small: its box average is {box_over_weighted:.3g}× its p_σ-weighted average"
     elif box_over_weighted <= 1 / 3:
@@ -329,6 +330,8 @@ class SDEExplorer(Explorer):
     Used by `toy/sde_explorer.ipynb`; lesson 05 explains what it shows.
     """
 
+    EPS = 1e-3  # both samplers stop at t = EPS (the paths' time axis is built from it)
+
     def __init__(self, n_particles: int = 1000, n_paths: int = 15, seed: int = 0):
         self.mixture = ring_mixture(n_modes=4, radius=3.0, std=0.6)
         self.sdes = {"VE": sde_lib.VESDE(0.01, 10.0), "VP": sde_lib.VPSDE(), "sub-VP": sde_lib.SubVPSDE(), "OU": sde_lib.OUSDE(T=5.0)}
@@ -341,15 +344,16 @@ class SDEExplorer(Explorer):
         )
         self.corrector = W.Checkbox(value=False, description="Langevin corrector")
         self.n_steps = W.IntSlider(value=200, min=5, max=1000, step=5, description="steps", **slider)
+        # half the side of the left panel per SDE, fixed over t so that VE's exploding variance shows
+        self.half_widths = {name: self._half_width(sde) for name, sde in self.sdes.items()}
         super().__init__([self.sde_name, self.time, self.n_steps, self.sampler, self.corrector])
         self.observe(self.sde_name, self.time, self.sampler, self.corrector, self.n_steps)
         self.redraw()
 
-    def half_width(self, name: str) -> float:
-        """Half the side of the left panel for one SDE: fixed over t, so that VE's exploding variance shows."""
-        sde = self.sdes[name]
-        times = np.linspace(0.0, sde.T, 101)
-        return max(6.0, max(4 * m + 3 * s for m, s in (map(float, sde.marginal_coeffs(t)) for t in times)))
+    @staticmethod
+    def _half_width(sde) -> float:
+        means, stds = sde.marginal_coeffs(torch.linspace(0.0, sde.T, 101))
+        return max(6.0, (4 * means + 3 * stds).max().item())
 
     def run(self):
         """(final samples, paths `(steps, n_paths, 2)`, the paths' times) for the current sampler, seeded."""
@@ -357,8 +361,8 @@ class SDEExplorer(Explorer):
         score = self.mixture.marginal_score(sde)
         x_T = sde.prior_sample((self.n_particles, 2), generator=self.seed)
         if self.sampler.value == "probability-flow ODE":
-            path = sampling.ode_sample(score, sde, x_T, method="rk4", n_steps=self.n_steps.value, n_saved=60)
-            return path[-1], path[:, : self.n_paths], np.linspace(sde.T, 1e-3, len(path))  # ode_sample's eps
+            path = sampling.ode_sample(score, sde, x_T, method="rk4", n_steps=self.n_steps.value, n_saved=60, eps=self.EPS)
+            return path[-1], path[:, : self.n_paths], np.linspace(sde.T, self.EPS, len(path))
         path, times = [x_T[: self.n_paths]], [sde.T]
 
         def keep(state):
@@ -366,7 +370,9 @@ class SDEExplorer(Explorer):
             times.append(state["t"])
 
         corrector = "langevin" if self.corrector.value else None
-        x = sampling.pc_sample(score, sde, x_T, self.n_steps.value, corrector=corrector, generator=self.seed + 1, callback=keep)
+        x = sampling.pc_sample(
+            score, sde, x_T, self.n_steps.value, corrector=corrector, eps=self.EPS, generator=self.seed + 1, callback=keep
+        )
         return x, torch.stack(path), np.array(times)
 
     def draw(self) -> Figure:
@@ -374,7 +380,7 @@ class SDEExplorer(Explorer):
         t = self.time.value * sde.T
         marginal = self.mixture.marginal(sde, t)
         mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
-        half = self.half_width(self.sde_name.value)
+        half = self.half_widths[self.sde_name.value]
         fig = Figure(figsize=(8.4, 4.2), layout="constrained")
         left, right = fig.subplots(1, 2)
         title = f"{self.sde_name.value}: p_t at t = {t:.3g}\nmean scale m(t) = {mean_scale:.2f}, σ(t) = {std:.2f}"

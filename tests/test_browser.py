@@ -36,7 +36,6 @@ DEMOS = {
 }
 UIS = {"lab": "/lab/workspaces/{workspace}/tree/{name}?reset", "notebook7": "/notebooks/{name}"}
 ERROR_TEXTS = ("Error displaying widget", "Traceback (most recent call last)")
-latencies: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +44,16 @@ def server():
     notebooks["05_sde_ode_paths.ipynb"] = REPO / "lessons" / "05_sde_ode_paths.ipynb"
     with jupyter_server(notebooks) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def latencies():
+    """Slider-to-figure seconds per demo, written beside the screenshots when the module's tests are done."""
+    measured: dict[str, float] = {}
+    yield measured
+    if measured:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOTS / "latency.json").write_text(json.dumps({k: round(v, 3) for k, v in measured.items()}, indent=1))
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +135,15 @@ def figure_src(page) -> str:
 def wait_for_new_figure(page, old_src: str, what: str) -> float:
     """Seconds until the explorer's <img> shows a new PNG (its src is a fresh blob URL after every redraw)."""
     start = time.perf_counter()
-    page.wait_for_function(
-        "old => { const img = document.querySelector('img.widget-image');"
-        " return img && img.src !== old && img.complete && img.naturalWidth > 0; }",
-        arg=old_src,
-        timeout=REDRAW_SECONDS * 1000,
-    )
+    try:
+        page.wait_for_function(
+            "old => { const img = document.querySelector('img.widget-image');"
+            " return img && img.src !== old && img.complete && img.naturalWidth > 0; }",
+            arg=old_src,
+            timeout=REDRAW_SECONDS * 1000,
+        )
+    except playwright_api.TimeoutError:
+        raise AssertionError(f"no new figure within {REDRAW_SECONDS} s after the {what}") from None
     return time.perf_counter() - start
 
 
@@ -145,7 +157,7 @@ def control(page, label: str):
 
 @pytest.mark.parametrize("ui", list(UIS))
 @pytest.mark.parametrize("name", list(DEMOS))
-def test_demo_figure_follows_its_controls(server, browser, ui, name, capsys):
+def test_demo_figure_follows_its_controls(server, browser, latencies, ui, name, capsys):
     slider_label, button_label, status_text = DEMOS[name]
     page = open_and_run_all(browser, server, ui, f"{name}.ipynb")
     try:
@@ -161,14 +173,14 @@ def test_demo_figure_follows_its_controls(server, browser, ui, name, capsys):
         handle = control(page, slider_label)
         handle.focus()
         handle.press("PageUp")
-        latency = wait_for_new_figure(page, old, f"slider {slider_label}")
+        latency = wait_for_new_figure(page, old, f"slider {slider_label!r} moved")
         latencies[f"{ui}/{name}"] = latency
         shoot(page, f"{ui}-{name}-2-after-slider")
 
         # the button (train, or a toggle that reruns the sampler) gives a new figure and its status
         old = figure_src(page)
         control(page, button_label).click()
-        wait_for_new_figure(page, old, f"button {button_label}")
+        wait_for_new_figure(page, old, f"click on {button_label!r}")
         page.wait_for_function("t => document.body.innerText.includes(t)", arg=status_text)
         assert_no_errors(page, f"{ui}/{name} after the controls")
         shoot(page, f"{ui}-{name}-3-after-button")
@@ -191,10 +203,3 @@ def test_lesson_05_runs_in_the_browser(server, browser):
     finally:
         page.close()
         shut_down_kernels(server)
-
-
-def test_zz_write_latencies():
-    """Keep the measured latencies beside the screenshots (runs last in this module)."""
-    if latencies:
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        (SCREENSHOTS / "latency.json").write_text(json.dumps({k: round(v, 3) for k, v in latencies.items()}, indent=1))

@@ -116,10 +116,12 @@ def test_notebook_runner_writes_executed_copy_and_html(tmp_path):
     # offline: no script or stylesheet from another host, MathJax from the site's own folder
     assert not re.findall(r'<(?:script|link)[^>]+(?:src|href)="(?:https?:)?//', page)
     assert 'src="../_static/mathjax/MathJax.js' in page and (out / "_static" / "mathjax" / "MathJax.js").exists()
+    assert 'availableFonts: ["STIX-Web"]' in page  # the only fonts the local copy has ("[Math Processing Error]" else)
     assert "application/vnd.jupyter.widget" not in page and "unpkg" not in page
     index = (out / "index.html").read_text()
     assert 'href="demo/a.html"' in index and "A · Answer" in index and "Print the answer." in index
     assert "Then stop" not in index  # one sentence
+    assert 'availableFonts: ["STIX-Web"]' in index and 'src="_static/mathjax/MathJax.js' in index
 
 
 @pytest.mark.parametrize(

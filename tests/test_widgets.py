@@ -176,7 +176,7 @@ def test_sde_explorer_controls_redraw(sde_explorer):
 
 def test_sde_explorer_bounds_are_fixed_per_sde_and_mark_the_time(sde_explorer):
     """VE's panel does not rescale with t (its variance visibly explodes); the dots follow the slider."""
-    assert sde_explorer.half_width("VE") > 30 and sde_explorer.half_width("VP") == 6.0
+    assert sde_explorer.half_widths["VE"] > 30 and sde_explorer.half_widths["VP"] == 6.0
     sde_explorer.sde_name.value, sde_explorer.sampler.value = "VP", "reverse SDE"
     nows = []
     for fraction in (0.9, 0.5, 0.1):

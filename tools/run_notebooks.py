@@ -71,7 +71,7 @@ def static_copy(nb):
     return nb
 
 
-MATHJAX_CONFIG = (TEMPLATES / "offline.html.j2").read_text().split("{%- block html_head_js_mathjax -%}")[1].split("{{ super() }}")[0]
+MATHJAX_FONTS = (TEMPLATES / "mathjax_fonts.html").read_text()  # also included by offline.html.j2
 
 
 def mathjax_address(depth: int) -> str:
@@ -149,7 +149,7 @@ th, td {{ text-align: left; padding: 0.4rem 0.6rem; border-bottom: 1px solid #dd
 td:last-child, th:last-child {{ text-align: right; white-space: nowrap; }}
 a {{ color: #1f5fa8; }} .failed {{ color: #b00020; font-weight: bold; }} td p {{ margin: 0; }}
 </style>
-{MATHJAX_CONFIG}
+{MATHJAX_FONTS}
 <script src="{mathjax_address(0)}"></script>
 <script type="text/x-mathjax-config">
 MathJax.Hub.Config({{tex2jax: {{inlineMath: [["$", "$"]], processEscapes: true}}, messageStyle: "none"}});
