@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ._checks import check_int, check_per_sample, check_positive
+from ._checks import append_dims, check_int, check_per_sample, check_positive
 from .distributions import score_from_energy
 
 
@@ -170,3 +171,212 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         self.decay = float(state["decay"])
         self.module.load_state_dict(state["module"])
+
+
+# --- U-Net for images (DDPM++ / NCSN++ style) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of a `UNet`; the presets are `UNET_PRESETS` (tiny, mnist, cifar10)."""
+
+    channels: int = 1  # image channels in and out (1 for MNIST, 3 for CIFAR-10)
+    base_channels: int = 32  # feature channels at full resolution
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # channels per level = base * mult; each level after the first halves H and W
+    n_res_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
+    attention_levels: tuple[int, ...] = (2,)  # levels (0 = full resolution) with self-attention after each block
+    dropout: float = 0.0  # dropout inside residual blocks (DDPM uses 0.1 on CIFAR-10)
+    n_fourier: int = 32  # sinusoidal features of log sigma (FourierFeatures), mapped by an MLP to 4 * base_channels
+    n_heads: int = 1  # attention heads
+
+    def __post_init__(self):
+        check_int("channels", self.channels, minimum=1)
+        check_int("base_channels", self.base_channels, minimum=1)
+        if not self.channel_mults or not all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in self.channel_mults):
+            raise ValueError(f"channel_mults must be a non-empty tuple of ints >= 1, got {self.channel_mults!r}")
+        check_int("n_res_blocks", self.n_res_blocks, minimum=1)
+        if not all(isinstance(a, int) and 0 <= a < len(self.channel_mults) for a in self.attention_levels):
+            raise ValueError(f"attention_levels must name levels in 0..{len(self.channel_mults) - 1}, got {self.attention_levels!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        check_int("n_fourier", self.n_fourier, minimum=1)
+        check_int("n_heads", self.n_heads, minimum=1)
+        bad = [m * self.base_channels for m in self.channel_mults if (m * self.base_channels) % self.n_heads]
+        if bad:
+            raise ValueError(f"n_heads={self.n_heads} must divide the channels of every level, not {bad[0]}")
+
+    @property
+    def downsampling(self) -> int:
+        """H and W must be divisible by this: 2^(levels - 1)."""
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+#: architecture presets: `tiny` for CPU tests and lesson 09, `mnist` (28x28), `cifar10` (DDPM's 35.7 M)
+UNET_PRESETS = {
+    "tiny": UNetConfig(base_channels=16, channel_mults=(1, 2, 2), n_res_blocks=1, attention_levels=(2,)),
+    "mnist": UNetConfig(base_channels=64, channel_mults=(1, 2, 2), n_res_blocks=2, attention_levels=(1,)),
+    "cifar10": UNetConfig(channels=3, base_channels=128, channel_mults=(1, 2, 2, 2), n_res_blocks=2, attention_levels=(1,), dropout=0.1),
+}
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    # up to 32 groups of at least 4 channels each (GroupNorm(32, .) at DDPM's widths, fewer groups on tiny models)
+    groups = next(g for g in range(min(32, max(channels // 4, 1)), 0, -1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    """Zero-initialised last layer of a residual branch: each block starts as the identity (DDPM, NCSN++)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, plus the embedding, GroupNorm-SiLU-dropout-conv; the skip added and scaled by 1/sqrt(2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = _group_norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_channels)
+        self.norm2, self.drop = _group_norm(out_channels), nn.Dropout(dropout)
+        self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(nn.functional.silu(self.norm1(x)))
+        h = h + append_dims(self.emb(emb), h.ndim)
+        h = self.conv2(self.drop(nn.functional.silu(self.norm2(h))))
+        return (self.skip(x) + h) / math.sqrt(2)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H*W positions (`scaled_dot_product_attention`), residual, scaled by 1/sqrt(2)."""
+
+    def __init__(self, channels: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm = _group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = _zero(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, height, width = x.shape
+        # (n, 3, heads, positions, head_dim)
+        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.n_heads, c // self.n_heads, height * width).transpose(-1, -2)
+        h = nn.functional.scaled_dot_product_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2])
+        h = h.transpose(-1, -2).reshape(n, c, height, width)
+        return (x + self.out(h)) / math.sqrt(2)
+
+
+class _Stage(nn.Module):
+    """One residual block, with self-attention after it at the attention levels."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, config: UNetConfig, attention: bool):
+        super().__init__()
+        self.res = ResBlock(in_channels, out_channels, emb_dim, config.dropout)
+        self.attention = SelfAttention(out_channels, config.n_heads) if attention else nn.Identity()
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.res(h, emb))
+
+
+class _Resample(nn.Module):
+    """Halve H and W (stride-2 convolution) or double them (nearest neighbour, then a convolution)."""
+
+    def __init__(self, channels: int, up: bool):
+        super().__init__()
+        self.up = up
+        self.conv = nn.Conv2d(channels, channels, 3, stride=1 if up else 2, padding=1)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.interpolate(h, scale_factor=2.0, mode="nearest") if self.up else h)
+
+
+class UNet(nn.Module):
+    r"""A noise-conditional U-Net score model s_\theta(x, sigma) for images `(n, C, H, W)` (DDPM++ / NCSN++ style).
+
+    `model(x, sigma)` with `sigma` a `(n,)` tensor of noise levels returns net(c_in x, log sigma) / sigma, shape of x:
+    the input is scaled by c_in = 1 / sqrt(1 + sigma^2) (unit variance for data of std <= 1, Karras et al. 2022), the
+    noise level enters as sinusoidal features of log sigma, and dividing by sigma builds in the scale of the true
+    score (Song & Ermon 2020, Technique 3) -- the same rule as `ScoreMLP(log_condition=True, divide_by_sigma=True)`.
+    For an SDE, `sde.condition_on_std(unet, sde)` is the time-conditional score s(x, t) = model(x, sigma(t)).
+
+    Levels: residual blocks (GroupNorm, SiLU, the embedding added, skip / sqrt 2), self-attention at
+    `attention_levels`, stride-2 convolutions down, nearest-neighbour upsampling and a convolution up, and the
+    down path's activations concatenated into the up path. Any H, W divisible by `config.downsampling` works.
+    Dtype rule as for `ScoreMLP`: floating input of another precision is cast, the output cast back; integer
+    images are refused (scale them with `datasets.to_model_range` first). Introduced in lesson 09.
+    """
+
+    def __init__(self, config: UNetConfig | str = "tiny"):
+        super().__init__()
+        if isinstance(config, str):
+            if config not in UNET_PRESETS:
+                raise ValueError(f"config must be a UNetConfig or one of {sorted(UNET_PRESETS)}, got {config!r}")
+            config = UNET_PRESETS[config]
+        if not isinstance(config, UNetConfig):
+            raise TypeError(f"config must be a UNetConfig or a preset name, got {type(config).__name__}")
+        self.config = config
+        base, emb_dim = config.base_channels, 4 * config.base_channels
+        widths = [base * m for m in config.channel_mults]
+        self.embed = nn.Sequential(
+            FourierFeatures(config.n_fourier, min_freq=1 / 64, max_freq=2.0),
+            nn.Linear(2 * config.n_fourier, emb_dim),
+            nn.SiLU(),
+            nn.Linear(emb_dim, emb_dim),
+        )
+        self.conv_in = nn.Conv2d(config.channels, base, 3, padding=1)
+
+        def stage(level: int, in_ch: int, out_ch: int) -> _Stage:
+            return _Stage(in_ch, out_ch, emb_dim, config, attention=level in config.attention_levels)
+
+        # down path: remember every activation's channels for the skips
+        self.down, skip_channels, ch = nn.ModuleList(), [base], base
+        for level, width in enumerate(widths):
+            for _ in range(config.n_res_blocks):
+                self.down.append(stage(level, ch, width))
+                ch = width
+                skip_channels.append(ch)
+            if level < len(widths) - 1:
+                self.down.append(_Resample(ch, up=False))
+                skip_channels.append(ch)
+        self.middle = nn.ModuleList([_Stage(ch, ch, emb_dim, config, attention=True), _Stage(ch, ch, emb_dim, config, attention=False)])
+        # up path: n_res_blocks + 1 blocks per level, each eating one skip
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            for _ in range(config.n_res_blocks + 1):
+                self.up.append(stage(level, ch + skip_channels.pop(), widths[level]))
+                ch = widths[level]
+            if level > 0:
+                self.up.append(_Resample(ch, up=True))
+        self.norm_out = _group_norm(ch)
+        self.conv_out = _zero(nn.Conv2d(ch, config.channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        dtype = self.conv_in.weight.dtype
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}: scale images with datasets.to_model_range")
+        c = self.config
+        if x.ndim != 4 or x.shape[1] != c.channels or x.shape[0] == 0:
+            raise ValueError(f"x must be a non-empty batch of images (n, {c.channels}, H, W), got shape {tuple(x.shape)}")
+        if x.shape[2] % c.downsampling or x.shape[3] % c.downsampling:
+            raise ValueError(
+                f"H and W must be divisible by {c.downsampling} ({len(c.channel_mults)} levels), got {tuple(x.shape[2:])}: "
+                "pad the images or use fewer channel_mults"
+            )
+        sigma = check_positive("sigma", check_per_sample("sigma", sigma, x.shape[0], x.to(dtype)))
+        emb = self.embed(sigma.log())
+        h = self.conv_in(x.to(dtype) * append_dims((1 + sigma**2).rsqrt(), x.ndim))
+        skips = [h]
+        for block in self.down:
+            h = block(h, emb)
+            skips.append(h)
+        for block in self.middle:
+            h = block(h, emb)
+        for block in self.up:  # every stage on the way up takes one skip, in reverse order
+            h = block(torch.cat([h, skips.pop()], dim=1) if isinstance(block, _Stage) else h, emb)
+        out = self.conv_out(nn.functional.silu(self.norm_out(h)))
+        return (out / append_dims(sigma, x.ndim)).to(x.dtype)
