@@ -1,18 +1,28 @@
-"""2-D toy data: mixtures with exact scores, and samplers for shapes without one.
+"""Data: 2-D toys with exact scores, and images (procedural shapes, MNIST, Fashion-MNIST, CIFAR-10).
 
-Every sampler has the signature `name(n, *, generator=None, dtype=None, **shape_args)`
+Every 2-D sampler has the signature `name(n, *, generator=None, dtype=None, **shape_args)`
 and returns a `(n, 2)` tensor; `generator` is a `torch.Generator` or an int seed.
 The mixtures are also available as `GaussianMixture` objects (`*_mixture`), so the
 exact score of the data is at hand. Introduced in lesson 01.
+
+Image datasets return `(pixels, labels)`: uint8 `(n, C, H, W)` in 0..255 and int64 `(n,)`;
+`to_model_range` scales pixels to a model's range (with uniform dequantisation if asked), `to_pixels`
+goes back. Introduced in lesson 09.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
+import os
+import pickle
+import struct
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from ._checks import as_generator, check_int, check_positive
+from ._checks import as_generator, check_bounds, check_choice, check_int, check_positive, check_tensor
 from .distributions import GaussianMixture
 
 
@@ -113,4 +123,219 @@ SAMPLERS = {
     "swiss_roll": swiss_roll,
     "checkerboard": checkerboard,
     "curve": curve,
+}
+
+
+# --- images: `(pixels, labels)` with pixels a uint8 tensor `(n, C, H, W)` and labels int64 `(n,)` ----------------
+
+#: the procedural shapes of `shapes`, in label order
+SHAPES = ("square", "circle", "triangle", "concentric_circles")
+
+
+def _shape_distance(kind: str, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Signed distance in pixels (negative inside) to a shape of size r centred at 0; dy points down the image."""
+    if kind == "square":
+        return torch.maximum(dx.abs(), dy.abs()) - 0.8 * r
+    if kind == "circle":
+        return torch.hypot(dx, dy) - r
+    if kind == "triangle":
+        # equilateral, apex up, circumradius r: the largest of the three edges' outward distances minus the inradius
+        edges = [dy, -0.5 * dy + 0.866 * dx, -0.5 * dy - 0.866 * dx]
+        return torch.stack(edges).amax(0) - r / 2
+    # concentric circles: two rings of width 1.5 px at radii r and r / 2
+    rho = torch.hypot(dx, dy)
+    return torch.minimum((rho - r).abs(), (rho - r / 2).abs()) - 0.75
+
+
+def shapes(n: int, size: int = 16, *, classes=SHAPES, weights=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Procedural images of white shapes on black, with labels and a chosen class balance (lesson 09).
+
+    Each image holds one shape of `classes` (names from `SHAPES`), drawn with probability `weights` (uniform
+    unless given), at a random position and size (radius 0.22-0.34 of the image), anti-aliased over one pixel.
+    The classes differ in how hard they are: squares and disks are blobs, triangles have corners, concentric
+    circles are thin rings. Returns `(pixels, labels)`: uint8 `(n, 1, size, size)` in 0..255, and int64 `(n,)`
+    indices into `classes`. Scale with `to_model_range` for a model.
+    """
+    check_int("n", n, minimum=1)
+    check_int("size", size, minimum=8)
+    classes = tuple(classes)
+    if not classes or any(c not in SHAPES for c in classes) or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be distinct names from {SHAPES}, got {classes!r}")
+    if weights is None:
+        weights = [1.0] * len(classes)
+    weights = torch.as_tensor(weights, dtype=torch.float64)
+    if weights.shape != (len(classes),) or not (torch.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+        raise ValueError(f"weights must be {len(classes)} non-negative numbers, one per class, got {weights.tolist()}")
+    if n * size * size > 2**31:
+        raise ValueError(f"n={n} images of {size}x{size} would take {n * size * size / 2**30:.1f} GiB: draw them in chunks")
+    generator = as_generator(generator)
+    labels = torch.multinomial(weights / weights.sum(), n, replacement=True, generator=generator)
+    r = size * (0.22 + 0.12 * torch.rand(n, generator=generator))
+    centre = size / 2 + (size / 2 - r[:, None] - 1.5) * (2 * torch.rand(n, 2, generator=generator) - 1)  # a ring reaches r + 1.25
+    grid = torch.arange(size, dtype=torch.float32) + 0.5
+    dx = (grid[None, None, :] - centre[:, 0, None, None]).expand(n, size, size)
+    dy = (grid[None, :, None] - centre[:, 1, None, None]).expand(n, size, size)
+    r = r[:, None, None]
+    image = torch.zeros(n, size, size)
+    for label, kind in enumerate(classes):
+        chosen = labels == label
+        if chosen.any():
+            image[chosen] = (0.5 - _shape_distance(kind, dx[chosen], dy[chosen], r[chosen])).clamp(0, 1)
+    return (image * 255).round().to(torch.uint8)[:, None], labels
+
+
+def to_model_range(images: torch.Tensor, n_bins: int = 256, data_range=(-1.0, 1.0), *, dequantize: bool = False, generator=None):
+    """Integer pixels k in {0, ..., n_bins - 1} as floats in `data_range`: lo + (hi - lo) k / (n_bins - 1).
+
+    With `dequantize`, uniform noise u ~ U[0, 1) spreads each level over its bin instead: lo + (hi - lo) (k + u) / n_bins,
+    a continuous density whose likelihood bounds the discrete one (`likelihood.bits_per_dim`). Returns float32
+    (the default dtype) of the images' shape.
+    """
+    if not isinstance(images, torch.Tensor) or (images.is_floating_point() and not torch.equal(images, images.round())):
+        raise TypeError("images must be a tensor of integer pixel values in [0, n_bins - 1] (uint8 as loaded)")
+    check_int("n_bins", n_bins, minimum=2)
+    if images.numel() == 0:
+        raise ValueError(f"images is empty (shape {tuple(images.shape)})")
+    if images.min() < 0 or images.max() > n_bins - 1:
+        raise ValueError(f"images must hold values in [0, {n_bins - 1}], got {images.min().item()}..{images.max().item()}")
+    lo, hi = check_bounds(data_range)
+    dtype = torch.get_default_dtype()
+    k = images.to(dtype)
+    if not dequantize:
+        return lo + (hi - lo) * k / (n_bins - 1)
+    u = torch.rand(images.shape, generator=as_generator(generator, images.device), dtype=dtype, device=images.device)
+    return lo + (hi - lo) * (k + u) / n_bins
+
+
+def to_pixels(x: torch.Tensor, n_bins: int = 256, data_range=(-1.0, 1.0)) -> torch.Tensor:
+    """The inverse of `to_model_range`: round to the nearest level, clip to [0, n_bins - 1], uint8 (n_bins <= 256)."""
+    check_tensor("x", x, min_dim=1)
+    check_int("n_bins", n_bins, minimum=2)
+    if n_bins > 256:
+        raise ValueError(f"n_bins must be <= 256 for uint8 pixels, got {n_bins}")
+    lo, hi = check_bounds(data_range)
+    return ((x - lo) / (hi - lo) * (n_bins - 1)).round().clamp(0, n_bins - 1).to(torch.uint8)
+
+
+# --- standard image datasets from a local folder ------------------------------------------------------------
+
+#: the IDX files of MNIST and Fashion-MNIST (each may also be gzipped, NAME.gz), by split
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+#: the python batches of CIFAR-10 (inside the folder `cifar-10-batches-py` or the folder given), by split
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+_SOURCES = {
+    "mnist": "http://yann.lecun.com/exdb/mnist/ (or torchvision.datasets.MNIST)",
+    "fashion_mnist": "https://github.com/zalandoresearch/fashion-mnist (or torchvision.datasets.FashionMNIST)",
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar.html, 'CIFAR-10 python version' (or torchvision.datasets.CIFAR10)",
+}
+
+
+def read_idx(path) -> torch.Tensor:
+    """One IDX file (LeCun et al.'s format: magic 0x0000 08 NDIM, big-endian sizes, unsigned bytes), gzipped or not."""
+    path = Path(path)
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic {raw[:4].hex() if raw else 'empty'})")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = raw[4 + 4 * ndim :]
+    if len(data) != math.prod(shape):
+        raise ValueError(f"{path} is truncated: its header says {shape} ({math.prod(shape)} bytes), it holds {len(data)}")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).reshape(shape)
+
+
+#: sub-folders where the files may also lie: torchvision's layouts
+_FOLDERS = {"mnist": ("raw", "MNIST/raw"), "fashion_mnist": ("raw", "FashionMNIST/raw"), "cifar10": ("cifar-10-batches-py",)}
+
+
+def _find(dataset: str, root: Path, name: str) -> Path | None:
+    folders = [root] + [root / sub for sub in _FOLDERS[dataset]]
+    return next((f / n for f in folders for n in (name, f"{name}.gz") if (f / n).is_file()), None)
+
+
+def _locate(dataset: str, root, names, download: bool) -> list[Path]:
+    """The paths of `names` under `root`; fetched by torchvision first when missing and `download` is set."""
+    if not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path, got {type(root).__name__}")
+    root = Path(root)
+    if download and any(_find(dataset, root, n) is None for n in names):
+        try:
+            import torchvision.datasets as tv
+        except ImportError:
+            raise ImportError("download=True needs torchvision: pip install 'scorelab[images]'") from None
+        cls = {"mnist": tv.MNIST, "fashion_mnist": tv.FashionMNIST, "cifar10": tv.CIFAR10}[dataset]
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    paths = [_find(dataset, root, n) for n in names]
+    missing = [n for n, p in zip(names, paths) if p is None]
+    if missing:
+        where = ", ".join(str(root / sub) for sub in ("",) + _FOLDERS[dataset])
+        raise FileNotFoundError(
+            f"{dataset}: {', '.join(missing)} not found in {where}. Put the standard files there (from {_SOURCES[dataset]}), "
+            "or pass download=True with torchvision installed (pip install 'scorelab[images]')"
+        )
+    return paths
+
+
+def load_idx_images(dataset: str, root, split: str = "train", *, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST or Fashion-MNIST (`dataset` "mnist" or "fashion_mnist") from a folder of the standard IDX files.
+
+    Looks in `root` and torchvision's sub-folders (`raw`, `MNIST/raw`, `FashionMNIST/raw`) for `IDX_FILES[split]`,
+    gzipped or not. With `download`, missing files are fetched by torchvision first (only then: never at test time).
+    Returns `(pixels, labels)`: uint8 `(n, 1, 28, 28)` and int64 `(n,)`. Introduced in lesson 09.
+    """
+    check_choice("dataset", dataset, ("mnist", "fashion_mnist"))
+    check_choice("split", split, IDX_FILES)
+    image_path, label_path = _locate(dataset, root, IDX_FILES[split], download)
+    images, labels = read_idx(image_path), read_idx(label_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"{image_path} and {label_path} do not match: images {tuple(images.shape)}, labels {tuple(labels.shape)}")
+    return images[:, None], labels.long()
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles the CIFAR-10 batches (dicts of numpy arrays, lists, bytes) and nothing else: no arbitrary code."""
+
+    ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")} | {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a CIFAR-10 batch holds only arrays; refusing {module}.{name}")
+
+
+def load_cifar10(root, split: str = "train", *, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 from a folder of the standard python batches (`CIFAR10_FILES[split]`, in `root` or
+    `root/cifar-10-batches-py`), read with an unpickler that only accepts arrays. `download` as in `load_idx_images`.
+    Returns `(pixels, labels)`: uint8 `(n, 3, 32, 32)` and int64 `(n,)`.
+    """
+    check_choice("split", split, CIFAR10_FILES)
+    images, labels = [], []
+    for path in _locate("cifar10", root, CIFAR10_FILES[split], download):
+        with open(path, "rb") as f:
+            try:
+                batch = _ArrayUnpickler(f, encoding="bytes").load()
+            except (pickle.UnpicklingError, EOFError, ValueError) as err:
+                raise ValueError(f"{path} is not a CIFAR-10 python batch ({err})") from None
+        if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+            raise ValueError(f"{path} is not a CIFAR-10 python batch (no b'data' and b'labels' entries)")
+        data = torch.as_tensor(np.asarray(batch[b"data"], dtype=np.uint8))
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch[b"labels"]):
+            raise ValueError(f"{path}: expected data (n, 3072) and n labels, got {tuple(data.shape)} and {len(batch[b'labels'])}")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(torch.as_tensor(batch[b"labels"], dtype=torch.int64))
+    return torch.cat(images), torch.cat(labels)
+
+
+#: the image datasets by name: `name -> (root, split, download) -> (pixels, labels)` (shapes need no folder)
+IMAGE_DATASETS = {
+    "mnist": lambda root, split="train", download=False: load_idx_images("mnist", root, split, download=download),
+    "fashion_mnist": lambda root, split="train", download=False: load_idx_images("fashion_mnist", root, split, download=download),
+    "cifar10": load_cifar10,
 }

@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from ._checks import as_generator, check_callable, check_choice, check_int, check_tensor
+from ._checks import as_generator, check_bounds, check_callable, check_choice, check_int, check_tensor
+from .datasets import to_model_range
 from .losses import PROJECTIONS
 from .sampling import integrate_ode
 from .sde import probability_flow_drift
@@ -108,23 +109,13 @@ def bits_per_dim(
     r"""Bits per dimension of integer images under the model, with explicit uniform dequantisation.
 
     Pixels k in {0, ..., n_bins - 1} become y = (k + u) / n_bins, u ~ U[0, 1), mapped linearly to the model's
-    `data_range` as x. Then log p(y) = log p(x) + D log(hi - lo), the discrete probability is bounded by
-    log P(k) >= E_u log p(y) - D log n_bins, and bits/dim = -(log p(y) - D log n_bins) / (D ln 2)
+    `data_range` as x (`datasets.to_model_range(..., dequantize=True)`). Then log p(y) = log p(x) + D log(hi - lo),
+    the discrete probability is bounded by log P(k) >= E_u log p(y) - D log n_bins, and bits/dim = -(log p(y) - D log n_bins) / (D ln 2)
     (Theis et al. 2016; Ho et al. 2020, App. B). Returns the `(n,)` per-image values for one draw of u.
     """
-    if not isinstance(images, torch.Tensor) or images.is_floating_point() and not torch.equal(images, images.round()):
-        raise TypeError("images must be a tensor of integer pixel values in [0, n_bins - 1]")
-    check_int("n_bins", n_bins, minimum=2)
-    if images.min() < 0 or images.max() > n_bins - 1:
-        raise ValueError(f"images must hold values in [0, {n_bins - 1}], got {images.min().item()}..{images.max().item()}")
-    lo, hi = (float(v) for v in data_range)
-    if not hi > lo:
-        raise ValueError(f"data_range must be (low, high) with low < high, got {data_range}")
-    generator = as_generator(generator, images.device)
-    dtype = torch.get_default_dtype()
-    u = torch.rand(images.shape, generator=generator, dtype=dtype, device=images.device)
-    y = (images.to(dtype) + u) / n_bins
-    x = lo + (hi - lo) * y
+    lo, hi = check_bounds(data_range)
+    generator = as_generator(generator, getattr(images, "device", None))  # one stream for the dequantisation and the probes
+    x = to_model_range(images, n_bins, (lo, hi), dequantize=True, generator=generator)
     D = x[0].numel()
     log_p_y = log_prob(score, sde, x, generator=generator, **ode_options) + D * math.log(hi - lo)
     return -(log_p_y - D * math.log(n_bins)) / (D * math.log(2))

@@ -133,6 +133,25 @@ def mala(
     return x, n_accepted / max(1, n_steps * len(x))
 
 
+def _inpainting(mask, known, x: torch.Tensor):
+    """Check the inpainting pair: a bool `mask` (True = known) and the `known` values, both broadcastable to x."""
+    if (mask is None) != (known is None):
+        raise ValueError("mask and known must be given together (inpainting)")
+    if mask is None:
+        return None, None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = known), got {getattr(mask, 'dtype', type(mask).__name__)}")
+    known = check_tensor("known", known)
+    for name, value in (("mask", mask), ("known", known)):
+        try:
+            torch.broadcast_shapes(value.shape, x.shape)
+        except RuntimeError:
+            raise ValueError(f"{name} must broadcast to x's shape {tuple(x.shape)}, got {tuple(value.shape)}") from None
+        if value.ndim > x.ndim or torch.broadcast_shapes(value.shape, x.shape) != x.shape:
+            raise ValueError(f"{name} must broadcast to x's shape {tuple(x.shape)}, got {tuple(value.shape)}")
+    return mask.expand_as(x), known.to(x.dtype).expand_as(x)
+
+
 def annealed_langevin(
     score: Callable,
     x: torch.Tensor,
@@ -170,13 +189,7 @@ def annealed_langevin(
     """
     x, step_size, generator = _start(score, x, step_size, n_steps_each, generator, names=("score", "n_steps_each"))
     sigmas = check_sigmas(sigmas)
-    if (mask is None) != (known is None):
-        raise ValueError("mask and known must be given together (inpainting)")
-    if mask is not None:
-        if mask.dtype != torch.bool:
-            raise TypeError(f"mask must be a bool tensor, got dtype {mask.dtype}")
-        known = check_tensor("known", known).to(x.dtype).expand_as(x)
-        mask = mask.expand_as(x)
+    mask, known = _inpainting(mask, known, x)
     sigma_l = sigmas[-1].item()
     i = 0
     for level, sigma in enumerate(sigmas.tolist()):
@@ -269,6 +282,8 @@ def pc_sample(
     n_corrector_steps: int = 1,
     eps: float = 1e-3,
     denoise: bool = True,
+    mask: torch.Tensor | None = None,
+    known: torch.Tensor | None = None,
     generator=None,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
@@ -284,6 +299,12 @@ def pc_sample(
     Predictors: "euler_maruyama", "reverse_diffusion", "ancestral" (VE and VP only), or None.
     Correctors: "langevin" (step from the signal-to-noise ratio `snr`), or None.
     With `denoise`, a final Tweedie step returns E[x_0 | x_eps] instead of x_eps.
+
+    Inpainting (Song et al. 2021, App. I.2), with the mask convention of `annealed_langevin`: a bool `mask`
+    (True = known) and clean `known` values. The known entries start as, and after every step are replaced by,
+    a fresh forward sample m(t) known + sigma(t) z at the step's time; only the unknown ones follow the reverse
+    SDE; the result holds `known` exactly. The same approximation as there (the unknown part is guided by a noisy
+    known part, not the clean one).
 
     Args:
         score: `(x, t) -> s(x, t)`, `t` a `(batch,)` tensor of forward times.
@@ -306,7 +327,16 @@ def pc_sample(
     generator = as_generator(generator, x.device)
     times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
+    mask, known = _inpainting(mask, known, x)
     x = x.detach().clone()
+
+    def impose_known(x, t):  # the known entries: a forward sample of them at time t
+        if mask is None:
+            return x
+        mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
+        return torch.where(mask, mean_scale * known + std * _randn_like(x, generator), x)
+
+    x = impose_known(x, times[0])
     x_mean = x
     with torch.no_grad():
         for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
@@ -315,13 +345,15 @@ def pc_sample(
             if correct is not None:
                 for _ in range(n_corrector_steps):
                     x, x_mean = correct(sde, score, x, t_next, t, _randn_like(x, generator), snr)
+            x = impose_known(x, t_next)
             if not torch.isfinite(x).all():
                 raise _divergence(
                     i, f"t={t_next:.4g}, predictor={predictor}, corrector={corrector}, snr={snr}: lower snr or take more steps"
                 )
             if callback is not None:
                 callback({"x": x, "x_mean": x_mean, "i": i, "t": t_next})
-        return _tweedie(sde, score, x, eps) if denoise else x
+        x = _tweedie(sde, score, x, eps) if denoise else x
+    return x if mask is None else torch.where(mask, known, x)
 
 
 # --- probability-flow ODE -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import seaborn as sns
 import torch
 
 from ._checks import check_bounds, check_callable, check_int
+from .datasets import to_pixels
 from .distributions import GaussianMixture
 
 DENSITY_CMAP = "mako_r"  # pale (low density) to dark blue (high)
@@ -190,3 +191,40 @@ def plot_score_error(
         log_density = evaluate_on_grid(_log_prob(density), bounds, resolution)
         image.axes.contour(axis, axis, log_density, levels=[-6, -3], colors="tab:blue", linewidths=1.1)
     return image
+
+
+def image_grid(images: torch.Tensor, n_cols: int | None = None, data_range=(-1.0, 1.0), pad: int = 1) -> np.ndarray:
+    """Tile a batch `(n, C, H, W)` (floats in `data_range`, or uint8 pixels) into one uint8 picture, rows of
+    `n_cols` (about square by default) with `pad` grey pixels between tiles: `(rows, cols)` for one channel,
+    `(rows, cols, 3)` for three. Introduced in lesson 09."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty batch (n, 1 or 3, H, W), got {shape}")
+    n, c, h, w = images.shape
+    n_cols = check_int("n_cols", n_cols, minimum=1) if n_cols is not None else int(np.ceil(np.sqrt(n)))
+    n_rows = -(-n // n_cols)
+    if images.dtype != torch.uint8:
+        images = to_pixels(images.detach().float().cpu(), data_range=data_range)
+    canvas = np.full((c, n_rows * (h + pad) + pad, n_cols * (w + pad) + pad), 128, dtype=np.uint8)
+    for k, image in enumerate(images.cpu().numpy()):
+        top, left = pad + (k // n_cols) * (h + pad), pad + (k % n_cols) * (w + pad)
+        canvas[:, top : top + h, left : left + w] = image
+    return canvas[0] if c == 1 else canvas.transpose(1, 2, 0)
+
+
+def plot_images(images: torch.Tensor, ax=None, n_cols: int | None = None, title=None, data_range=(-1.0, 1.0)):
+    """Show a batch of images as one grid (grey for one channel), without ticks; returns the `AxesImage`."""
+    ax = _ax(ax)
+    artist = ax.imshow(image_grid(images, n_cols, data_range), cmap="gray", vmin=0, vmax=255, origin="upper", interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return artist
+
+
+def save_image_grid(images: torch.Tensor, path, n_cols: int | None = None, data_range=(-1.0, 1.0), scale: int | None = None) -> None:
+    """Write `image_grid(images)` to a PNG, each pixel enlarged to `scale` x `scale` (default: tiles of >= 64 px)."""
+    grid = image_grid(images, n_cols, data_range)
+    scale = check_int("scale", scale, minimum=1) if scale is not None else max(1, -(-64 // images.shape[-1]))
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    plt.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
