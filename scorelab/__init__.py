@@ -2,13 +2,13 @@
 
 Public names are re-exported here; submodules hold the rest:
 `datasets`, `distributions`, `likelihood`, `losses`, `metrics`, `nets`, `noise`, `sampling`, `sde`,
-`train`, `viz`, and
+`train`, `viz`, `cli` (the `scorelab train` / `scorelab sample` commands, imported on demand), and
 `widgets` (imported on demand: it needs ipywidgets).
 """
 
 from . import datasets, distributions, likelihood, losses, metrics, nets, noise, sampling, sde, train, viz
 from .distributions import GaussianMixture, banana_energy, score_from_energy
-from .nets import EMA, EnergyMLP, FourierFeatures, ScoreMLP
+from .nets import EMA, EnergyMLP, FourierFeatures, ScoreMLP, UNet, UNetConfig
 from .sde import OUSDE, SDE, VESDE, VPSDE, SubVPSDE
 from .train import CheckpointError, TrainConfig, fit, load_checkpoint, save_checkpoint
 
@@ -27,6 +27,8 @@ __all__ = [
     "VPSDE",
     "ScoreMLP",
     "TrainConfig",
+    "UNet",
+    "UNetConfig",
     "banana_energy",
     "datasets",
     "distributions",

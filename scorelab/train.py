@@ -8,15 +8,20 @@ ends (on the same machine). Introduced in lesson 02.
 
 from __future__ import annotations
 
+import math
 import os
+import signal
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ._checks import check_callable, check_int, check_positive, check_tensor
+from ._checks import check_callable, check_choice, check_int, check_positive, check_tensor
 from .nets import EMA
 
 CHECKPOINT_FORMAT = "scorelab-checkpoint-v1"
@@ -26,15 +31,24 @@ class CheckpointError(ValueError):
     """A checkpoint file that is truncated, corrupt, or holds more than tensors and plain containers."""
 
 
+#: numeric precisions of a training step
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass
 class TrainConfig:
     n_steps: int = 2000  # optimiser steps in total (a resumed run counts the steps already done)
-    batch_size: int = 256  # samples per step
-    lr: float = 1e-3  # Adam learning rate
-    seed: int = 0  # seeds the one generator used for batches and loss noise
+    batch_size: int = 256  # samples per step and process (K processes under torchrun: K * batch_size per step)
+    lr: float = 1e-3  # Adam learning rate (after warm-up)
+    seed: int = 0  # seeds the generators of batches and loss noise
     grad_clip: float | None = None  # max global gradient norm, None for no clipping
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end, when a path is given)
     progress: bool = True  # tqdm progress bar (TQDM_DISABLE=1 silences it, as CI does)
+    warmup_steps: int = 0  # the learning rate grows linearly from lr / warmup_steps to lr over the first steps
+    log_every: int = 1  # steps between loss read-outs (a host sync on a GPU: use 50-100 there) and callbacks
+    device: str = "auto"  # "auto" (cuda:LOCAL_RANK when CUDA is available, else cpu), "cpu", "cuda" or "cuda:K"
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on the CPU), "fp32", or "bf16" (CUDA only)
+    channels_last: bool = True  # on CUDA, image batches and the model in NHWC layout (faster convolutions); no effect on the CPU
 
     def __post_init__(self):
         check_int("n_steps", self.n_steps, minimum=1)
@@ -44,6 +58,46 @@ class TrainConfig:
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip, allow_tensor=False)
         check_int("checkpoint_every", self.checkpoint_every, minimum=0)
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_int("log_every", self.log_every, minimum=1)
+        check_choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.device, str):
+            raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {type(self.device).__name__}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:K', got {self.device!r}") from None
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device a `TrainConfig.device` string names on this machine (under torchrun, cuda:LOCAL_RANK).
+
+    A CUDA device on a machine without one is a clear `ValueError`, not a crash later."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but this machine has no CUDA device: use device='cpu' or 'auto'")
+        resolved = torch.device("cuda", local_rank if resolved.index is None else resolved.index)
+        if resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """`(rank, world_size)`. Under torchrun (WORLD_SIZE > 1 in the environment) this joins the process group it
+    describes, NCCL on CUDA and gloo on the CPU, unless the caller already has; a plain run is `(0, 1)`."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def save_checkpoint(state: dict, path) -> None:
@@ -83,13 +137,92 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     return state
 
 
-def _batch_source(data, batch_size: int, generator: torch.Generator):
-    """A function returning one minibatch: sampled from a tensor (with replacement) or a sampler."""
+def _batch_source(data, batch_size: int, generator: torch.Generator, rank: int, world: int, device, channels_last: bool):
+    """A function returning this process's minibatch, on `device`.
+
+    All processes draw the same global batch of `world * batch_size` (indices into a tensor, with replacement, or a
+    sampler's draw) from a generator they share, and each keeps its own slice: K processes at batch B see exactly
+    the batches of one process at batch K * B.
+    """
+    mine = slice(rank * batch_size, (rank + 1) * batch_size)
     if isinstance(data, torch.Tensor):
         check_tensor("data", data, min_dim=2)
-        return lambda: data[torch.randint(len(data), (batch_size,), generator=generator)]
-    check_callable("data", data)
-    return lambda: data(batch_size, generator=generator)
+        data = data.to(device)
+
+        def draw():
+            return data[torch.randint(len(data), (world * batch_size,), generator=generator, device=device)[mine]]
+    else:
+        check_callable("data", data)
+
+        def draw():
+            return data(world * batch_size, generator=generator)[mine].to(device)
+
+    if not channels_last:
+        return draw
+    return lambda: (lambda batch: batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch)(draw())
+
+
+def _checkpoint_path(checkpoint) -> Path | None:
+    """The checkpoint path, checked before any training: a file path in a folder this process can write."""
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path (str or pathlib.Path), got {type(checkpoint).__name__}")
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise ValueError(f"checkpoint must be a file path, got the folder {path}: pass e.g. {path / 'run.pt'}")
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the checkpoint folder {folder}: {err.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"the checkpoint folder {folder} is not writable")
+    return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete `.NAME.tmp-PID` files that an interrupted `save_checkpoint` of this checkpoint left behind."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
+
+
+def _load_module_state(module: torch.nn.Module, state: dict, what: str, path: Path) -> None:
+    """`module.load_state_dict(state)`, or a `CheckpointError` that says how the architectures differ."""
+    own = module.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} here"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        details = [
+            f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("different shapes:", shapes))
+            if names
+        ]
+        raise CheckpointError(f"{path} holds a {what} of another architecture ({'; '.join(details)})")
+    module.load_state_dict(state)
+
+
+#: what `fit` writes into a checkpoint, besides the format tag
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "ema", "generator", "rank_generators", "world_size", "history")
+
+
+@contextmanager
+def _deferred_signals(enabled: bool):
+    """While active, SIGINT and SIGTERM only set `flags["signal"]`; `fit` checkpoints, then re-raises the signal."""
+    flags = {"signal": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield flags
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: flags.update(signal=signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flags
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def fit(
@@ -101,46 +234,103 @@ def fit(
     ema: EMA | None = None,
     checkpoint=None,
     callback: Callable[[dict], None] | None = None,
+    metadata: dict | None = None,
 ) -> list[float]:
     """Train `model` with Adam on `loss_fn(model, batch, generator)`; return the loss history.
+
+    The same loop trains a 2-D toy on a laptop and a U-Net on several GPUs. It moves the model (and `ema`) to
+    `config.device`, runs the loss under bf16 autocast on CUDA (`config.precision`), and, launched by torchrun,
+    wraps the model in `DistributedDataParallel` (NCCL on CUDA, gloo on the CPU): gradients are averaged over
+    processes, every process keeps its slice of one global batch, and only rank 0 shows progress, calls
+    `callback` and writes checkpoints. The loss is read back every `config.log_every` steps, not every step.
 
     Args:
         model: any `torch.nn.Module`.
         loss_fn: `(model, batch, generator) -> scalar loss`, e.g.
-            `lambda m, x, g: losses.dsm(m, x, 0.1, generator=g)`.
+            `lambda m, x, g: losses.dsm(m, x, 0.1, generator=g)`. Use its `model` argument (under DDP it is the
+            wrapper that averages gradients), and `generator` for the loss's noise (on the model's device).
         data: a tensor `(N, *dims)` to draw minibatches from, or a sampler
             `(n, generator=) -> (n, *dims)` (fresh data every step).
         config: `TrainConfig`; defaults when omitted.
         ema: optional `EMA` of the model, updated after every step and checkpointed.
-        checkpoint: optional path. If the file exists the run resumes from it exactly;
-            it is (re)written atomically every `config.checkpoint_every` steps and at the end.
-        callback: called after every step with `{"i": step, "loss": float}`.
+        checkpoint: optional path. If the file exists the run resumes from it exactly (same number of processes);
+            it is (re)written atomically every `config.checkpoint_every` steps, at the end, and when SIGINT or
+            SIGTERM arrives (then the signal takes its course). Stale temporary files of it are removed first.
+        callback: called every `config.log_every` steps with `{"i": step, "loss": mean loss of those steps,
+            "losses": their per-step values}`.
+        metadata: plain data (str, numbers, lists, dicts) stored in the checkpoint as `"metadata"`, e.g. the
+            run's configuration, so that the checkpoint alone rebuilds the model (`scorelab sample`).
+
+    Randomness: one generator seeded `config.seed` draws the batches (shared by all processes); the loss noise of a
+    single process comes from the same generator, that of rank r > 0 or of any rank of a multi-process run from its
+    own generator seeded `(r + 1) * 2**32 + seed`. All of it is checkpointed, so resuming ends bit-identical.
 
     Returns:
-        list of per-step losses, resumed steps included. Raises `FloatingPointError`
+        list of per-step losses (averaged over processes), resumed steps included. Raises `FloatingPointError`
         with a hint when the loss stops being finite.
     """
-    config = config or TrainConfig()
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_callable("loss_fn", loss_fn)
-    generator = torch.Generator().manual_seed(config.seed)
-    next_batch = _batch_source(data, config.batch_size, generator)
+    if ema is not None and not isinstance(ema, EMA):
+        raise TypeError(f"ema must be a scorelab.EMA of the model or None, got {type(ema).__name__}")
+    if ema is not None and [p.shape for p in ema.module.parameters()] != [p.shape for p in model.parameters()]:
+        raise ValueError("ema averages a different architecture than model: build it with EMA(model)")
+    if callback is not None:
+        check_callable("callback", callback)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise TypeError(f"metadata must be a dict of plain data or None, got {type(metadata).__name__}")
+    path = _checkpoint_path(checkpoint)
+    device = resolve_device(config.device)
+    if config.precision == "bf16" and device.type != "cuda":
+        raise ValueError("precision='bf16' is a GPU option (bf16 autocast on CUDA); on the CPU use precision='auto' or 'fp32'")
+    use_bf16 = device.type == "cuda" and config.precision in ("auto", "bf16")
+    channels_last = config.channels_last and device.type == "cuda"
+    rank, world = init_distributed(device)
+
+    model.to(device)
+    if ema is not None:
+        ema.module.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    noise_generator = generator if world == 1 else torch.Generator(device).manual_seed(((rank + 1) << 32) + config.seed)
+    next_batch = _batch_source(data, config.batch_size, generator, rank, world, device, channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history: list[float] = []
 
-    if checkpoint is not None and Path(checkpoint).is_file():
-        state = load_checkpoint(checkpoint)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            if state["ema"] is None:
-                raise CheckpointError(f"{checkpoint} has no EMA state but an ema was passed")
-            ema.load_state_dict(state["ema"])
-        generator.set_state(state["generator"])
-        history = state["history"].tolist()
+    if path is not None:
+        if rank == 0:
+            _remove_stale_temporaries(path)
+        if path.is_file():
+            state = load_checkpoint(path)
+            missing = [k for k in CHECKPOINT_KEYS if k not in state]
+            if missing:
+                raise CheckpointError(f"{path} is not a checkpoint written by fit: it lacks {', '.join(missing)}")
+            if int(state["world_size"]) != world:
+                raise CheckpointError(
+                    f"{path} was written by {int(state['world_size'])} processes, this run has {world}: resume with as many"
+                )
+            _load_module_state(model, state["model"], "model", path)
+            optimizer.load_state_dict(state["optimizer"])
+            if ema is not None:
+                if state["ema"] is None:
+                    raise CheckpointError(f"{path} has no EMA state but an ema was passed")
+                _load_module_state(ema.module, state["ema"]["module"], "EMA model", path)
+                ema.decay = float(state["ema"]["decay"])
+            generator.set_state(state["generator"])
+            if world > 1:
+                noise_generator.set_state(state["rank_generators"][rank])
+            history = state["history"].tolist()
 
     def snapshot() -> dict:
+        rank_states = None
+        if world > 1:  # a collective: every rank calls snapshot at the same step
+            rank_states = [None] * world
+            dist.all_gather_object(rank_states, noise_generator.get_state())
         return {
             "format": CHECKPOINT_FORMAT,
             "config": asdict(config),
@@ -148,23 +338,64 @@ def fit(
             "optimizer": optimizer.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
             "generator": generator.get_state(),
+            "rank_generators": rank_states,
+            "world_size": world,
             "history": torch.tensor(history, dtype=torch.float64),
+            "metadata": metadata,
         }
 
+    def save():
+        state = snapshot()
+        if rank == 0:
+            save_checkpoint(state, path)
+
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    pending = torch.zeros(config.log_every + 1, device=device)  # the unread losses, and a stop flag last
+    n_pending = 0
+
+    def read_losses(i: int, stop_requested: bool) -> bool:
+        """Read the pending losses (one host sync; one all-reduce under DDP); True when some process was signalled."""
+        nonlocal n_pending
+        pending[-1] = float(stop_requested)
+        if world > 1:
+            dist.all_reduce(pending)
+            pending[:-1] /= world
+        values = pending[:n_pending].tolist()
+        stop = pending[-1].item() > 0
+        first = i + 1 - n_pending
+        for j, value in enumerate(values):
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"loss became {value} at step {first + j}: lower the learning rate (lr={config.lr}), "
+                    "set warmup_steps or grad_clip in TrainConfig"
+                )
+        history.extend(values)
+        n_pending = 0
+        if rank == 0:
+            bar.set_postfix(loss=f"{values[-1]:.4g}")
+            if callback is not None:
+                callback({"i": i, "loss": sum(values) / len(values), "losses": values})
+        return stop
+
     model.train()
-    bar_options = {} if config.progress else {"disable": True}
-    with tqdm(range(len(history), config.n_steps), desc="fit", initial=len(history), total=config.n_steps, **bar_options) as bar:
+    bar_options = {} if config.progress and rank == 0 else {"disable": True}
+    with (
+        _deferred_signals(path is not None) as signals,
+        tqdm(range(len(history), config.n_steps), desc="fit", initial=len(history), total=config.n_steps, **bar_options) as bar,
+    ):
         for i in bar:
-            loss = loss_fn(model, next_batch(), generator)
+            if config.warmup_steps:
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * min(1.0, (i + 1) / config.warmup_steps)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = loss_fn(train_model, next_batch(), noise_generator)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
                 raise ValueError(
                     f"loss_fn must return a scalar tensor (the mean over the batch), got {shape}: "
                     "pass reduction='mean' to the loss, or reduce it with .mean()"
-                )
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at step {i}: lower the learning rate (lr={config.lr}) or set grad_clip in TrainConfig"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -173,14 +404,23 @@ def fit(
             optimizer.step()
             if ema is not None:
                 ema.update(model)
-            history.append(loss.item())
-            if i % 50 == 0:
-                bar.set_postfix(loss=f"{history[-1]:.4g}")
-            if checkpoint is not None and config.checkpoint_every and (i + 1) % config.checkpoint_every == 0:
-                save_checkpoint(snapshot(), checkpoint)
-            if callback is not None:
-                callback({"i": i, "loss": history[-1]})
-    if checkpoint is not None:
-        save_checkpoint(snapshot(), checkpoint)
+            pending[n_pending] = loss.detach().float().reshape(())
+            n_pending += 1
+            checkpoint_due = path is not None and config.checkpoint_every and (i + 1) % config.checkpoint_every == 0
+            # a single process stops at the next step boundary; several agree at the next read-out
+            signalled = signals["signal"] is not None
+            if n_pending == config.log_every or checkpoint_due or i + 1 == config.n_steps or (signalled and world == 1):
+                stop = read_losses(i, signalled)
+                if checkpoint_due or stop:
+                    save()
+                if stop:
+                    stopped_by = signals["signal"] or signal.SIGTERM  # a rank that was not signalled follows the one that was
+                    break
+        else:
+            stopped_by = None
+    if stopped_by is not None:  # the handlers are restored: the signal now does what it would have done
+        signal.raise_signal(stopped_by)
+    if path is not None:
+        save()
     model.eval()
     return history

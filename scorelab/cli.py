@@ -1,0 +1,368 @@
+"""`scorelab train` and `scorelab sample`: score-based image models from the command line, on a CPU, a GPU or many.
+
+    scorelab train --config shapes-vp --steps 200                       # a laptop, a minute
+    scorelab train --config mnist-vp --data ~/data/mnist --out runs/mnist
+    torchrun --nproc_per_node=4 -m scorelab train --config cifar10-vp --data ~/data/cifar10
+    scorelab sample --ckpt runs/mnist/checkpoint.pt --sampler pc --n 64 --out grid.png
+    scorelab sample --ckpt runs/mnist/checkpoint.pt --inpaint --n 8 --out inpainted.png
+
+Every option of a run is a field of `RunConfig` (typed, one comment each). `--config NAME` starts from a preset
+of `CONFIGS`; `key=value` arguments override fields: a `RunConfig` field (`sde=ve`, `unet=tiny`), a
+`TrainConfig` field (`lr=2e-4`, `precision=fp32`), or a U-Net field (`unet.base_channels=32`). Tuples are
+comma-separated (`shape_weights=0.25,0.25,0.25,0.25`). The same code as the lessons does the work:
+`losses.sde_dsm`, `train.fit`, `sampling.pc_sample` / `ode_sample`, `nets.UNet`. Introduced in lesson 09.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+
+from . import datasets, losses, sampling
+from ._checks import check_choice, check_int, check_positive
+from .nets import EMA, UNET_PRESETS, UNet, UNetConfig
+from .sde import VESDE, VPSDE, SubVPSDE, condition_on_std
+from .train import CheckpointError, TrainConfig, fit, init_distributed, load_checkpoint, resolve_device
+from .viz import save_image_grid
+
+#: the SDEs a run can use, built from a `RunConfig`
+SDES = {
+    "vp": lambda c: VPSDE(c.beta_min, c.beta_max),
+    "subvp": lambda c: SubVPSDE(c.beta_min, c.beta_max),
+    "ve": lambda c: VESDE(c.sigma_min, c.sigma_max),
+}
+DATASETS = ("shapes", *datasets.IMAGE_DATASETS)
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "shapes"  # "shapes" (procedural, no files), "mnist", "fashion_mnist" or "cifar10" (files in --data)
+    split: str = "train"  # split of a file dataset to train on ("test" for the 10 000 MNIST test digits)
+    holdout: int = 1000  # the last images of the split are never trained on: `sample --inpaint` fills them in
+    image_size: int = 16  # shapes only: side in pixels
+    shape_weights: tuple[float, ...] = (0.4, 0.4, 0.1, 0.1)  # shapes only: class balance over datasets.SHAPES
+    n_images: int = 20_000  # shapes only: training images drawn (plus the holdout)
+    sde: str = "vp"  # "vp", "subvp" or "ve"
+    beta_min: float = 0.1  # VP and sub-VP: beta(t) from beta_min to beta_max
+    beta_max: float = 20.0
+    sigma_min: float = 0.01  # VE: sigma(t) from sigma_min ...
+    sigma_max: float = 50.0  # ... to sigma_max, about the largest distance between two training images
+    eps: float = 1e-5  # smallest training time of sde_dsm
+    unet: UNetConfig = UNET_PRESETS["tiny"]  # the architecture (a preset name on the command line); channels follow the data
+    train: TrainConfig = field(default_factory=TrainConfig)  # steps, batch, optimiser, checkpoints, device, precision
+    ema_decay: float = 0.999  # samples come from this exponential moving average of the weights
+    sample_every: int = 1000  # steps between grids of samples written during training (0: only at the end)
+    n_samples: int = 64  # images per grid
+    sample_steps: int = 500  # predictor-corrector steps for those grids
+
+    def __post_init__(self):
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("sde", self.sde, SDES)
+        SDES[self.sde](self)  # the schedule's own checks
+        check_choice("split", self.split, datasets.IDX_FILES)
+        check_int("holdout", self.holdout, minimum=1)
+        check_int("image_size", self.image_size, minimum=8)
+        if len(self.shape_weights) != len(datasets.SHAPES) or not all(w >= 0 for w in self.shape_weights) or not any(self.shape_weights):
+            raise ValueError(f"shape_weights must be {len(datasets.SHAPES)} weights >= 0 for {datasets.SHAPES}, got {self.shape_weights}")
+        check_int("n_images", self.n_images, minimum=1)
+        check_positive("eps", self.eps, allow_tensor=False)
+        check_positive("ema_decay", self.ema_decay, allow_tensor=False)
+        check_int("sample_every", self.sample_every, minimum=0)
+        check_int("n_samples", self.n_samples, minimum=1)
+        check_int("sample_steps", self.sample_steps, minimum=1)
+
+
+def _shapes_config(sde: str, **changes) -> RunConfig:
+    train = TrainConfig(n_steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, checkpoint_every=250, log_every=10)
+    return RunConfig(sde=sde, sigma_max=25.0, train=train, ema_decay=0.99, sample_every=500, sample_steps=200, **changes)
+
+
+def _gpu_train(n_steps: int, warmup_steps: int, checkpoint_every: int) -> TrainConfig:
+    return TrainConfig(
+        n_steps=n_steps, batch_size=128, lr=2e-4, warmup_steps=warmup_steps, grad_clip=1.0, checkpoint_every=checkpoint_every, log_every=100
+    )
+
+
+#: presets: 16x16 shapes on a CPU; MNIST and CIFAR-10 with DDPM-like settings (Ho et al. 2020; Song et al. 2021)
+CONFIGS = {
+    "shapes-vp": _shapes_config("vp"),
+    "shapes-ve": _shapes_config("ve"),
+    **{
+        f"{name}-{sde}": RunConfig(
+            dataset=name,
+            sde=sde,
+            unet=UNET_PRESETS[name],
+            train=_gpu_train(steps, warmup, every),
+            ema_decay=0.9999,
+            sample_every=5000,
+            sample_steps=1000,
+        )
+        for name, steps, warmup, every in (("mnist", 100_000, 1000, 5000), ("cifar10", 800_000, 5000, 10_000))
+        for sde in ("vp", "ve")
+    },
+}
+
+
+# --- key=value overrides, parsed by the dataclass field types -------------------------------------------------
+
+
+def _parse_value(text: str, kind, key: str):
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if text.lower() == "none" and type(None) in args:
+            return None
+        return _parse_value(text, next(a for a in args if a is not type(None)), key)
+    if origin is tuple:
+        return tuple(_parse_value(part, args[0], key) for part in text.split(",") if part.strip())
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{key} must be true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{key} must be a {kind.__name__}, got {text!r}") from None
+
+
+def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """`config` with `key=value` overrides applied (see the module docstring for the keys)."""
+    run_types = typing.get_type_hints(RunConfig)
+    train_types, unet_types = typing.get_type_hints(TrainConfig), typing.get_type_hints(UNetConfig)
+    run, train, unet = {}, {}, {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"overrides look like key=value, got {item!r}")
+        if key == "unet":
+            check_choice("unet", text, UNET_PRESETS)
+            config = replace(config, unet=UNET_PRESETS[text])
+        elif key.startswith("unet.") and key[5:] in unet_types:
+            unet[key[5:]] = _parse_value(text, unet_types[key[5:]], key)
+        elif key in run_types and key != "train":
+            run[key] = _parse_value(text, run_types[key], key)
+        elif key.removeprefix("train.") in train_types:
+            train[key.removeprefix("train.")] = _parse_value(text, train_types[key.removeprefix("train.")], key)
+        else:
+            names = [f.name for f in fields(RunConfig) if f.name != "train"] + [f.name for f in fields(TrainConfig)]
+            raise ValueError(f"unknown setting {key!r}: use one of {', '.join(names)}, or unet.FIELD")
+    return replace(config, **run, train=replace(config.train, **train), unet=replace(config.unet, **unet))
+
+
+# --- data, model, samples --------------------------------------------------------------------------------------
+
+
+def load_images(config: RunConfig, data_dir) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(pixels, labels)` of the whole split, training images first and the `holdout` images last."""
+    if config.dataset == "shapes":
+        return datasets.shapes(
+            config.n_images + config.holdout, config.image_size, weights=config.shape_weights, generator=config.train.seed
+        )
+    if data_dir is None:
+        raise ValueError(f"dataset {config.dataset!r} reads files: pass --data FOLDER (see scorelab.datasets for the files expected)")
+    pixels, labels = datasets.IMAGE_DATASETS[config.dataset](data_dir, config.split)
+    if config.holdout >= len(pixels):
+        raise ValueError(f"holdout={config.holdout} leaves nothing to train on: the {config.split} split has {len(pixels)} images")
+    return pixels, labels
+
+
+def build_model(config: RunConfig, channels: int) -> UNet:
+    """The run's U-Net, with as many channels as the data."""
+    return UNet(replace(config.unet, channels=channels))
+
+
+def run_config_from(state: dict, path) -> RunConfig:
+    """The `RunConfig` stored in a checkpoint written by `scorelab train`."""
+    stored = (state.get("metadata") or {}).get("run")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path} was not written by `scorelab train` (it holds no run configuration)")
+    try:
+        return RunConfig(
+            **{k: v for k, v in stored.items() if k not in ("unet", "train")},
+            unet=UNetConfig(**stored["unet"]),
+            train=TrainConfig(**stored["train"]),
+        )
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path} holds a run configuration this version cannot read ({err})") from None
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            out += _differences(a[key], b[key], f"{prefix}{key}.")
+        elif a.get(key) != b.get(key):
+            out.append(f"{prefix}{key}: {a.get(key)!r} in the checkpoint, {b.get(key)!r} now")
+    return out
+
+
+def draw_samples(model: UNet, config: RunConfig, shape, device, *, sampler: str = "pc", generator: int = 0, **options):
+    """Images of `shape` `(n, C, H, W)` from `model` by `pc_sample` or `ode_sample`; `(images, nfe or None)`."""
+    sde = SDES[config.sde](config)
+    score = condition_on_std(model, sde)
+    x_T = sde.prior_sample(tuple(shape), generator=torch.Generator(device).manual_seed(generator), device=device)
+    if sampler == "ode":
+        return sampling.ode_sample(score, sde, x_T, return_nfe=True, **options)
+    return sampling.pc_sample(score, sde, x_T, generator=torch.Generator(device).manual_seed(generator + 1), **options), None
+
+
+# --- the two commands -------------------------------------------------------------------------------------------
+
+
+def train_command(args) -> Path:
+    config = apply_overrides(CONFIGS[args.config], _shorthands(args) + args.overrides)
+    device = resolve_device(config.train.device)
+    rank, world = init_distributed(device)
+    out = Path(args.out or f"runs/{args.config}")
+    checkpoint = out / "checkpoint.pt"
+    if checkpoint.exists() and not args.resume:
+        raise ValueError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")
+    if args.resume and not checkpoint.exists():
+        raise ValueError(f"--resume: there is no {checkpoint} to resume")
+    if args.resume:
+        stored = run_config_from(load_checkpoint(checkpoint), checkpoint)
+        changed = [d for d in _differences(asdict(stored), asdict(config)) if not d.startswith(("train.n_steps", "train.progress"))]
+        if changed:
+            raise CheckpointError(f"{checkpoint} comes from another configuration: {'; '.join(changed)}")
+
+    pixels, _ = load_images(config, args.data)
+    images = datasets.to_model_range(pixels[: len(pixels) - config.holdout])
+    torch.manual_seed(config.train.seed)
+    model = build_model(config, images.shape[1])
+    if images.shape[2] % model.config.downsampling or images.shape[3] % model.config.downsampling:
+        raise ValueError(f"{config.dataset} images are {tuple(images.shape[2:])}: not divisible by the U-Net's {model.config.downsampling}")
+    ema = EMA(model, config.ema_decay)
+    sde = SDES[config.sde](config)
+    image_shape = tuple(images.shape[1:])
+
+    def loss_fn(net, batch, generator):
+        return losses.sde_dsm(condition_on_std(net, sde), batch, sde, eps=config.eps, generator=generator)
+
+    if rank == 0:
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+    log = {"time": time.perf_counter(), "step": None, "sampled": 0}
+
+    def write_grid(step: int) -> Path:
+        images, _ = draw_samples(ema.module, config, (config.n_samples, *image_shape), device, n_steps=config.sample_steps)
+        path = out / "samples" / f"step_{step:07d}.png"
+        save_image_grid(images, path)
+        return path
+
+    def on_log(info: dict) -> None:  # rank 0 only: a JSON line of loss and speed, and a grid every sample_every steps
+        step, now = info["i"] + 1, time.perf_counter()
+        done = step - (log["step"] if log["step"] is not None else step - len(info["losses"]))
+        record = {"step": step, "loss": info["loss"], "images_per_s": done * config.train.batch_size * world / (now - log["time"])}
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if config.sample_every and step // config.sample_every > log["sampled"]:
+            log["sampled"] = step // config.sample_every
+            write_grid(step)
+        log["time"], log["step"] = time.perf_counter(), step
+
+    metadata = {"run": asdict(config), "image_shape": list(image_shape)}
+    fit(model, loss_fn, images, config.train, ema=ema, checkpoint=checkpoint, callback=on_log, metadata=metadata)
+    if rank == 0:
+        grid = write_grid(config.train.n_steps)
+        print(f"checkpoint: {checkpoint}\nsamples: {grid}\nlog: {out / 'log.jsonl'}")
+    return checkpoint
+
+
+def sample_command(args) -> Path:
+    state = load_checkpoint(args.ckpt)
+    config = run_config_from(state, args.ckpt)
+    device = resolve_device(args.device)
+    image_shape = tuple(state["metadata"]["image_shape"])
+    model = build_model(config, image_shape[0])
+    weights = state["ema"]["module"] if args.weights == "ema" and state.get("ema") else state["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"{args.ckpt}: the weights do not fit the stored configuration ({str(err).splitlines()[0]})") from None
+    model.to(device).eval()
+    options = {"n_steps": args.steps} if args.steps else {}
+    if args.sampler == "pc":
+        options.update(predictor=_none(args.predictor), corrector=_none(args.corrector), snr=args.snr)
+    elif args.steps:
+        options.update(method="euler")
+    if args.inpaint:
+        pixels, _ = load_images(config, args.data)
+        originals = datasets.to_model_range(pixels[len(pixels) - config.holdout :][: args.n]).to(device)
+        if args.sampler != "pc":
+            raise ValueError("--inpaint needs --sampler pc (the probability-flow ODE has no inpainting form here)")
+        mask = torch.zeros_like(originals, dtype=torch.bool)
+        mask[:, :, : originals.shape[2] // 2] = True  # the upper half is known, the lower half is filled in
+        images, _ = draw_samples(model, config, originals.shape, device, generator=args.seed, mask=mask, known=originals, **options)
+        grid = torch.cat([torch.where(mask, originals, torch.full_like(originals, -1.0)), images, originals])
+        save_image_grid(grid, args.out, n_cols=len(originals))
+        print(f"rows: known upper halves, inpainted, originals -> {args.out}")
+        return Path(args.out)
+    images, nfe = draw_samples(model, config, (args.n, *image_shape), device, sampler=args.sampler, generator=args.seed, **options)
+    save_image_grid(images, args.out)
+    print(f"{args.n} samples ({args.sampler}{f', {nfe} score evaluations' if nfe else ''}) -> {args.out}")
+    return Path(args.out)
+
+
+def _none(name: str) -> str | None:
+    return None if name == "none" else name
+
+
+def _shorthands(args) -> list[str]:
+    return [f"{k}={v}" for k, v in (("n_steps", args.steps), ("batch_size", args.batch_size)) if v is not None]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scorelab", description="Train and sample score-based image models.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser(
+        "train", help="train a U-Net with sde_dsm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    t.add_argument("--config", required=True, choices=sorted(CONFIGS), help="preset to start from")
+    t.add_argument("--data", help="folder with the dataset's standard files (not needed for shapes)")
+    t.add_argument("--out", help="run folder: checkpoint.pt, log.jsonl, samples/ (default runs/CONFIG)")
+    t.add_argument("--steps", type=int, help="total optimiser steps (n_steps)")
+    t.add_argument("--batch-size", type=int, help="images per step and process (batch_size)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("overrides", nargs="*", metavar="key=value", help="override any RunConfig, TrainConfig or unet.FIELD setting")
+    t.set_defaults(overrides=[])
+    s = sub.add_parser("sample", help="draw images from a trained checkpoint")
+    s.add_argument("--ckpt", required=True, help="checkpoint.pt written by scorelab train")
+    s.add_argument("--sampler", choices=("pc", "ode"), default="pc")
+    s.add_argument("--predictor", choices=[str(k) for k in sampling.PREDICTORS if k] + ["none"], default="reverse_diffusion")
+    s.add_argument("--corrector", choices=[str(k) for k in sampling.CORRECTORS if k] + ["none"], default="langevin")
+    s.add_argument("--snr", type=float, default=0.16, help="corrector signal-to-noise ratio")
+    s.add_argument("--steps", type=int, help="PC steps (default 1000), or fixed Euler steps of the ODE (default adaptive dopri5)")
+    s.add_argument("--n", type=int, default=64, help="number of images")
+    s.add_argument("--out", default="samples.png", help="PNG grid to write")
+    s.add_argument("--inpaint", action="store_true", help="fill in the lower half of held-out images (needs --data for files)")
+    s.add_argument("--data", help="dataset folder, for --inpaint")
+    s.add_argument("--weights", choices=("ema", "model"), default="ema", help="the EMA average (default) or the raw weights")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `scorelab` console script. Returns 0, or 2 with a one-line reason for a wrong call."""
+    p = parser()
+    args, rest = p.parse_known_args(argv)  # key=value overrides may come between and after the options
+    if args.command == "train":
+        args.overrides = [*args.overrides, *rest]
+    if args.command != "train" and rest or any("=" not in item or item.startswith("-") for item in rest):
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        (train_command if args.command == "train" else sample_command)(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:  # CheckpointError is a ValueError
+        print(f"scorelab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0

@@ -1,0 +1,53 @@
+"""Run by tests/test_images.py under `torchrun --nproc_per_node=2`: the training loop on two CPU processes (gloo).
+
+Writes `result.pt` (rank 0) with the parameters and loss histories of four runs:
+  deterministic: 4 steps of a noise-free loss, to compare with one process on the concatenated batch;
+  resumed: 4 steps with a checkpoint, then a fresh model resumed from it to 8 steps (DSM, noise per rank);
+  straight: the same 8 steps without interruption.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from scorelab import ScoreMLP, TrainConfig, fit, losses
+
+BATCH = 8  # per process
+
+
+def new_model():
+    torch.manual_seed(0)
+    return ScoreMLP(2, hidden=16, n_layers=2)
+
+
+def data():
+    return torch.randn(256, 2, generator=torch.Generator().manual_seed(1))
+
+
+def regression_loss(model, x, generator):
+    return ((model(x) + x) ** 2).mean()  # the score of N(0, I), no randomness
+
+
+def dsm_loss(model, x, generator):
+    return losses.dsm(model, x, 0.5, generator=generator)
+
+
+def main(out: Path) -> None:
+    config = TrainConfig(n_steps=4, batch_size=BATCH, lr=1e-2, progress=False, log_every=2, checkpoint_every=2)
+    results = {}
+    model = new_model()
+    results["deterministic"] = (fit(model, regression_loss, data(), config), model.state_dict())
+    fit(new_model(), dsm_loss, data(), config, checkpoint=out / "ddp.pt")
+    model = new_model()
+    longer = TrainConfig(**{**config.__dict__, "n_steps": 8})
+    results["resumed"] = (fit(model, dsm_loss, data(), longer, checkpoint=out / "ddp.pt"), model.state_dict())
+    model = new_model()
+    results["straight"] = (fit(model, dsm_loss, data(), longer), model.state_dict())
+    if torch.distributed.get_rank() == 0:
+        torch.save(results, out / "result.pt")
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,504 @@
+"""The image half: U-Net, image data, the same samplers and likelihood on images, the command line, DDP, crash safety."""
+
+import gzip
+import json
+import math
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scorelab import TrainConfig, cli, datasets, fit, likelihood, load_checkpoint, sampling, viz
+from scorelab.nets import UNET_PRESETS, UNet, UNetConfig
+from scorelab.sde import VESDE, VPSDE, condition_on_std
+from scorelab.train import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist"
+TINY_RUN = [
+    "unet=tiny",
+    "holdout=2",
+    "sample_steps=2",
+    "n_samples=4",
+    "sample_every=0",
+    "checkpoint_every=1",
+    "log_every=1",
+    "progress=false",
+]
+
+
+# --- U-Net ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "preset, shape",
+    [("tiny", (3, 1, 16, 16)), ("tiny", (2, 1, 28, 28)), ("tiny", (2, 3, 8, 12)), ("tiny", (1, 2, 32, 32)), ("mnist", (2, 1, 28, 28))],
+)
+def test_unet_output_has_the_input_shape(preset, shape):
+    torch.manual_seed(0)
+    model = UNet(replace(UNET_PRESETS[preset], channels=shape[1]))
+    x, sigma = torch.randn(shape), torch.rand(shape[0]) + 0.1
+    with torch.no_grad():
+        model.conv_out.bias.fill_(1.0)  # the last layer starts at zero; a constant output of 1 shows the scaling
+        out = model(x, sigma)
+    assert out.shape == x.shape
+    # the score scale is built in: the network's output divided by sigma
+    torch.testing.assert_close(out, (1 / sigma).reshape(-1, 1, 1, 1).expand_as(x))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.conv_out.weight)
+        out = model(x, sigma)
+    assert torch.isfinite(out).all() and out.std() > 0
+
+
+def test_cifar10_preset_is_ddpm_sized_and_runs():
+    model = UNet("cifar10")
+    n_parameters = sum(p.numel() for p in model.parameters())
+    assert 34e6 < n_parameters < 37e6  # DDPM's CIFAR-10 model has 35.7 M
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32), torch.ones(1)).shape == (1, 3, 32, 32)
+    assert sum(p.numel() for p in UNet("tiny").parameters()) < 0.5e6
+
+
+def test_unet_dtypes_and_bad_input():
+    model = UNet("tiny")
+    x64 = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    out = model(x64, torch.ones(2, dtype=torch.float64))
+    assert out.dtype == torch.float64  # cast in and back, like ScoreMLP
+    torch.testing.assert_close(out, model(x64.float(), torch.ones(2)).double())
+    with pytest.raises(TypeError, match="to_model_range"):
+        model(torch.zeros(2, 1, 16, 16, dtype=torch.uint8), torch.ones(2))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model(torch.randn(2, 1, 18, 18), torch.ones(2))
+    with pytest.raises(ValueError, match=r"\(n, 1, H, W\)"):
+        model(torch.randn(2, 3, 16, 16), torch.ones(2))
+    with pytest.raises(ValueError, match="sigma"):
+        model(torch.randn(2, 1, 16, 16), torch.ones(3))
+    with pytest.raises(ValueError, match="sigma"):
+        model(torch.randn(2, 1, 16, 16), torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="attention_levels"):
+        UNetConfig(attention_levels=(5,))
+    with pytest.raises(ValueError, match="config"):
+        UNet("huge")
+
+
+# --- the same samplers and likelihood on images, against a Gaussian's closed form -----------------------------
+
+STD = 0.5  # data N(0, STD^2 I) on 1x8x8 images
+
+
+def gaussian_image_score(sde):
+    """The exact score of p_t when x_0 ~ N(0, STD^2 I): -x / (m(t)^2 STD^2 + sigma(t)^2)."""
+
+    def score(x, t):
+        m, s = sde.marginal_coeffs(t)
+        var = (m**2 * STD**2 + s**2).to(x.dtype)
+        return -x / var.reshape(-1, *([1] * (x.ndim - 1)))
+
+    return score
+
+
+def gaussian_log_prob(x, var):
+    flat = x.reshape(len(x), -1)
+    return -0.5 * (flat**2).sum(1) / var - 0.5 * flat.shape[1] * math.log(2 * math.pi * var)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE(0.01, 10.0)], ids=repr)
+def test_pc_and_ode_sample_images_with_the_exact_score(sde):
+    score = gaussian_image_score(sde)
+    x_T = sde.prior_sample((200, 1, 8, 8), generator=0, dtype=torch.float64)
+    n_values = x_T.numel()
+    se = STD**2 * math.sqrt(2 / n_values)  # standard error of a variance estimate from n_values normal values
+    pc = sampling.pc_sample(score, sde, x_T, 500, generator=1)
+    ode = sampling.ode_sample(score, sde, x_T, rtol=1e-6, atol=1e-6)
+    for samples in (pc, ode):
+        assert samples.shape == x_T.shape
+        assert abs(samples.var().item() - STD**2) < 4 * se + 2e-3  # + the variance sigma(eps)^2 left at eps
+
+
+def test_log_prob_and_bits_per_dim_of_images_match_the_closed_form():
+    sde = VPSDE()
+    score = gaussian_image_score(sde)
+    eps = 1e-5
+    m, s = (c.item() for c in sde.marginal_coeffs(eps))
+    var_eps = m**2 * STD**2 + s**2
+    x = STD * torch.randn(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    alpha_bar_T = math.exp(-sde.integrated_beta(sde.T).item())
+    exact_prior = lambda y: gaussian_log_prob(y, alpha_bar_T * STD**2 + 1 - alpha_bar_T)
+    torch.testing.assert_close(
+        likelihood.log_prob(score, sde, x, eps=eps, rtol=1e-7, atol=1e-7, prior_log_prob=exact_prior),
+        gaussian_log_prob(x, var_eps),
+        atol=1e-3,
+        rtol=0,
+    )
+    # bits/dim: the same dequantised x, then the closed form through the change of variables
+    pixels = torch.randint(100, 156, (3, 1, 4, 4))
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        bpd = likelihood.bits_per_dim(score, sde, pixels, generator=5, eps=eps, rtol=1e-7, atol=1e-7, prior_log_prob=exact_prior)
+        y = datasets.to_model_range(pixels, dequantize=True, generator=5)
+    finally:
+        torch.set_default_dtype(old)
+    D = 16
+    expected = -(gaussian_log_prob(y, var_eps) + D * math.log(2) - D * math.log(256)) / (D * math.log(2))
+    torch.testing.assert_close(bpd, expected, atol=1e-4, rtol=0)
+
+
+def test_unet_runs_through_every_sampler_and_the_likelihood():
+    torch.manual_seed(0)
+    model, sde = UNet(replace(UNET_PRESETS["tiny"], base_channels=8)).eval(), VPSDE()
+    score = condition_on_std(model, sde)
+    x_T = sde.prior_sample((2, 1, 8, 8), generator=0)
+    for out in (
+        sampling.pc_sample(score, sde, x_T, 3, generator=1),
+        sampling.pc_sample(score, sde, x_T, 3, predictor="ancestral", corrector=None, generator=1),
+        sampling.ode_sample(score, sde, x_T, method="euler", n_steps=3),
+        likelihood.log_prob(score, sde, x_T, divergence="hutchinson", method="euler", n_steps=2, generator=2),
+        likelihood.bits_per_dim(score, sde, torch.randint(0, 256, (2, 1, 8, 8)), divergence="hutchinson", method="euler", n_steps=2),
+    ):
+        assert torch.isfinite(out).all()
+
+
+def test_pc_inpainting_keeps_the_known_half_and_samples_the_rest_exactly():
+    # x ~ N(0, STD^2 I) has independent pixels, so the unknown half given the known half is N(0, STD^2) again
+    sde = VPSDE()
+    known = STD * torch.randn(300, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros_like(known, dtype=torch.bool)
+    mask[:, :, :2] = True
+    x_T = sde.prior_sample(known.shape, generator=1, dtype=torch.float64)
+    out = sampling.pc_sample(gaussian_image_score(sde), sde, x_T, 300, mask=mask, known=known, generator=2)
+    assert torch.equal(out[mask], known[mask])
+    unknown = out[~mask]
+    se = STD**2 * math.sqrt(2 / unknown.numel())
+    assert abs(unknown.var().item() - STD**2) < 4 * se + 2e-3
+    with pytest.raises(ValueError, match="mask and known"):
+        sampling.pc_sample(gaussian_image_score(sde), sde, x_T, 3, mask=mask)
+    with pytest.raises(ValueError, match="known must broadcast"):
+        sampling.pc_sample(gaussian_image_score(sde), sde, x_T, 3, mask=mask, known=known[:, :, :2])
+
+
+# --- image data -------------------------------------------------------------------------------------------------
+
+
+def test_shapes_follow_their_class_weights_and_are_reproducible():
+    weights = torch.tensor([0.4, 0.4, 0.1, 0.1])
+    pixels, labels = datasets.shapes(4000, 16, weights=weights, generator=0)
+    assert pixels.shape == (4000, 1, 16, 16) and pixels.dtype == torch.uint8 and labels.dtype == torch.int64
+    counts = torch.bincount(labels, minlength=4).double()
+    se = (4000 * weights * (1 - weights)).sqrt()
+    assert ((counts - 4000 * weights).abs() < 4 * se).all()
+    again, _ = datasets.shapes(4000, 16, weights=weights, generator=0)
+    assert torch.equal(pixels, again)
+    # every image shows its shape: lit pixels, inside the frame, none on the border rows
+    lit = (pixels > 127).flatten(1).sum(1)
+    assert (lit > 5).all() and (pixels[:, :, 0].amax() < 128) and (pixels[:, :, -1].amax() < 128)
+    # blobs (squares, disks) cover more of the image than thin concentric rings
+    mean_lit = torch.stack([lit[labels == k].double().mean() for k in range(4)])
+    assert mean_lit[3] < mean_lit[1]
+
+
+def test_model_range_round_trip_and_dequantisation():
+    pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    x = datasets.to_model_range(pixels)
+    assert x.min() == -1 and x.max() == 1
+    assert torch.equal(datasets.to_pixels(x), pixels)
+    y = datasets.to_model_range(pixels, dequantize=True, generator=0)
+    # each level spread over its own bin of width 2/256
+    lo = -1 + 2 * pixels.float() / 256
+    assert ((y >= lo) & (y < lo + 2 / 256)).all()
+    with pytest.raises(TypeError, match="images"):
+        datasets.to_model_range(torch.rand(2, 2))
+    with pytest.raises(ValueError, match="images must hold values"):
+        datasets.to_model_range(torch.full((2, 2), 300))
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+
+
+def fake_mnist(folder: Path, n: int = 12, compress: bool = True, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n)
+    folder.mkdir(parents=True, exist_ok=True)
+    image_file, label_file = datasets.IDX_FILES[split]
+    write_idx(folder / image_file, images, compress)
+    write_idx(folder / label_file, labels, compress)
+    return images, labels
+
+
+def fake_cifar10(folder: Path, n: int = 6) -> list[np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    batches = []
+    for name in datasets.CIFAR10_FILES["train"] + datasets.CIFAR10_FILES["test"]:
+        data = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": rng.integers(0, 10, n).tolist(), b"batch_label": b"fake"}, f)
+        batches.append(data)
+    return batches
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_parser(tmp_path, compress):
+    images, labels = fake_mnist(tmp_path / "raw", compress=compress)  # torchvision's layout: root/raw
+    pixels, read_labels = datasets.load_idx_images("fashion_mnist", tmp_path)
+    assert pixels.shape == (12, 1, 28, 28) and pixels.dtype == torch.uint8
+    assert np.array_equal(pixels[:, 0].numpy(), images) and np.array_equal(read_labels.numpy(), labels)
+    with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte.*download=True"):
+        datasets.load_idx_images("mnist", tmp_path, "test")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", 5, 28, 28) + b"\0" * 10)
+    (bad / "train-labels-idx1-ubyte").write_bytes(b"not an idx file")
+    with pytest.raises(ValueError, match="truncated"):
+        datasets.load_idx_images("mnist", bad)
+
+
+def test_cifar10_parser_reads_batches_and_refuses_code(tmp_path):
+    batches = fake_cifar10(tmp_path / "cifar-10-batches-py")
+    pixels, labels = datasets.load_cifar10(tmp_path)
+    assert pixels.shape == (30, 3, 32, 32) and labels.shape == (30,)
+    assert np.array_equal(pixels[:6].reshape(6, -1).numpy(), batches[0])
+    assert datasets.load_cifar10(tmp_path, "test")[0].shape == (6, 3, 32, 32)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo this must never run",))
+
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"data": Payload(), b"labels": []}, f)
+    with pytest.raises(ValueError, match="refusing posix.system|refusing nt.system|refusing os.system"):
+        datasets.load_cifar10(tmp_path, "test")
+
+
+@pytest.mark.skipif(not MNIST.is_dir(), reason="the real MNIST test split (../shared/data/mnist) is not on this machine")
+def test_real_mnist_test_split_loads():
+    pixels, labels = datasets.load_idx_images("mnist", MNIST, "test")
+    assert pixels.shape == (10_000, 1, 28, 28) and pixels.dtype == torch.uint8
+    assert labels[:5].tolist() == [7, 2, 1, 0, 4]  # the canonical first test digits
+    assert torch.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_image_grid_tiles_in_rows():
+    images = torch.stack([torch.full((1, 4, 4), float(k)) for k in range(5)])
+    grid = viz.image_grid(images.to(torch.uint8), n_cols=3, pad=1)
+    assert grid.shape == (2 * 5 + 1, 3 * 5 + 1)
+    assert grid[1, 1] == 0 and grid[1, 6] == 1 and grid[6, 6] == 4 and grid[0, 0] == 128
+    with pytest.raises(ValueError, match="images"):
+        viz.image_grid(torch.zeros(0, 1, 4, 4))
+
+
+# --- the training loop's image features --------------------------------------------------------------------------
+
+
+def test_warmup_scales_the_first_steps_learning_rate():
+    # Adam's first step moves a parameter by exactly its learning rate (g / |g|), whatever the gradient
+    moved = {}
+    for warmup in (0, 10):
+        model = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(model.weight)
+        fit(model, lambda m, x, g: m(x).mean(), torch.ones(4, 1), TrainConfig(n_steps=1, lr=0.1, warmup_steps=warmup, progress=False))
+        moved[warmup] = -model.weight.item()
+    assert moved[0] == pytest.approx(0.1) and moved[10] == pytest.approx(0.01)
+
+
+def test_reading_losses_every_n_steps_changes_nothing_but_the_callbacks():
+    from scorelab import ScoreMLP, losses
+    from scorelab.datasets import ring_mixture
+
+    mix, calls, runs = ring_mixture(3), [], []
+    for every in (1, 7):
+        torch.manual_seed(0)
+        model = ScoreMLP(2, hidden=16, n_layers=2)
+        config = TrainConfig(n_steps=20, log_every=every, progress=False)
+        runs.append(fit(model, lambda m, x, g: losses.dsm(m, x, 0.5, generator=g), mix.sample, config, callback=calls.append))
+    assert runs[0] == runs[1]
+    assert [c["i"] for c in calls[20:]] == [6, 13, 19]
+    assert calls[-1]["losses"] == runs[1][14:] and calls[-1]["loss"] == pytest.approx(sum(runs[1][14:]) / 6)
+
+
+def test_gpu_only_options_on_a_cpu_machine_are_clear_errors(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        fit(model, lambda m, x, g: m(x).mean(), torch.ones(4, 2), TrainConfig(n_steps=1, device="cuda", progress=False))
+    with pytest.raises(ValueError, match="bf16.*GPU"):
+        fit(model, lambda m, x, g: m(x).mean(), torch.ones(4, 2), TrainConfig(n_steps=1, precision="bf16", progress=False))
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(device="gpu0")
+
+
+def test_signal_checkpoints_then_interrupts(tmp_path):
+    model, path = torch.nn.Linear(2, 2), tmp_path / "run.pt"
+
+    def send_sigint(info):
+        if info["i"] == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            model,
+            lambda m, x, g: m(x).pow(2).mean(),
+            torch.ones(4, 2),
+            TrainConfig(n_steps=50, progress=False),
+            checkpoint=path,
+            callback=send_sigint,
+        )
+    assert len(load_checkpoint(path)["history"]) == 6  # the step under way finished, then the checkpoint, then the interrupt
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_architecture_mismatch_and_stale_temporaries(tmp_path):
+    path = tmp_path / "run.pt"
+    stale = tmp_path / ".run.pt.tmp-99999"
+    stale.write_bytes(b"half a checkpoint")
+    loss = lambda m, x, g: m(x).pow(2).mean()
+    fit(torch.nn.Linear(2, 2), loss, torch.ones(4, 2), TrainConfig(n_steps=2, progress=False), checkpoint=path)
+    assert not stale.exists()
+    with pytest.raises(CheckpointError, match=r"another architecture.*weight: \(2, 2\) in the file, \(3, 2\) here"):
+        fit(torch.nn.Linear(2, 3), loss, torch.ones(4, 2), TrainConfig(n_steps=4, progress=False), checkpoint=path)
+    with pytest.raises(ValueError, match="folder"):
+        fit(torch.nn.Linear(2, 2), loss, torch.ones(4, 2), TrainConfig(n_steps=1, progress=False), checkpoint=tmp_path)
+
+
+# --- the command line -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", sorted(cli.CONFIGS))
+def test_every_config_trains_a_few_steps_through_the_cli(config, tmp_path, capsys):
+    data = tmp_path / "data"
+    if config.startswith("mnist"):
+        fake_mnist(data)
+    elif config.startswith("cifar10"):
+        fake_cifar10(data)
+    extra = ["n_images=40", "image_size=16"] if config.startswith("shapes") else ["--data", str(data)]
+    out = tmp_path / "run"
+    argv = ["train", "--config", config, "--out", str(out), "--steps", "2", "--batch-size", "4", *extra, *TINY_RUN]
+    assert cli.main(argv) == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert len(state["history"]) == 2 and state["metadata"]["run"]["sde"] == config.split("-")[1]
+    assert (out / "samples" / "step_0000002.png").is_file()
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+    sampled = tmp_path / "grid.png"
+    assert cli.main(["sample", "--ckpt", str(out / "checkpoint.pt"), "--steps", "2", "--n", "4", "--out", str(sampled)]) == 0
+    assert sampled.is_file()
+
+
+def test_cli_sample_ode_and_inpaint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        cli.main(["train", "--config", "shapes-ve", "--out", str(out), "--steps", "2", "--batch-size", "4", "n_images=20", *TINY_RUN]) == 0
+    )
+    ckpt = str(out / "checkpoint.pt")
+    assert cli.main(["sample", "--ckpt", ckpt, "--sampler", "ode", "--n", "3", "--out", str(tmp_path / "ode.png")]) == 0
+    assert "score evaluations" in capsys.readouterr().out
+    assert cli.main(["sample", "--ckpt", ckpt, "--inpaint", "--steps", "2", "--n", "2", "--out", str(tmp_path / "fill.png")]) == 0
+    grid = plt_read(tmp_path / "fill.png")
+    assert grid.shape[0] > grid.shape[1]  # three rows (known, inpainted, original) of two
+
+
+def plt_read(path):
+    import matplotlib.pyplot as plt
+
+    return plt.imread(path)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    def error(argv):
+        assert cli.main(argv) == 2
+        return capsys.readouterr().err
+
+    message = error(["train", "--config", "mnist-vp", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a")])
+    assert "train-images-idx3-ubyte" in message and "download=True" in message
+    assert "pass --data" in error(["train", "--config", "cifar10-ve", "--out", str(tmp_path / "a")])
+    assert "unknown setting 'lr_max'" in error(["train", "--config", "shapes-vp", "lr_max=1"])
+    assert "lr must be a float" in error(["train", "--config", "shapes-vp", "lr=fast"])
+    assert "sde must be one of" in error(["train", "--config", "shapes-vp", "sde=vpp"])
+    out = tmp_path / "run"
+    assert (
+        cli.main(["train", "--config", "shapes-vp", "--out", str(out), "--steps", "1", "--batch-size", "2", "n_images=8", *TINY_RUN]) == 0
+    )
+    assert "pass --resume" in error(["train", "--config", "shapes-vp", "--out", str(out), "--steps", "2", *TINY_RUN])
+    message = error(
+        ["train", "--config", "shapes-ve", "--out", str(out), "--steps", "2", "--batch-size", "2", "n_images=8", "--resume", *TINY_RUN]
+    )
+    assert "another configuration" in message and "sde: 'vp' in the checkpoint, 've' now" in message
+    torch.save({"format": "scorelab-checkpoint-v1", "model": {}}, tmp_path / "other.pt")
+    assert "not written by `scorelab train`" in error(["sample", "--ckpt", str(tmp_path / "other.pt")])
+
+
+def test_python_dash_m_scorelab_is_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "scorelab", "train", "--help"], capture_output=True, text=True, check=True)
+    assert "--config" in result.stdout and "shapes-vp" in result.stdout
+
+
+# --- several processes, and crashes ---------------------------------------------------------------------------------
+
+
+def _torchrun(script: Path, *args, nproc: int = 2) -> None:
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_two_process_ddp_averages_gradients_and_resumes(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ddp_worker
+
+    _torchrun(Path(ddp_worker.__file__), tmp_path)
+    results = torch.load(tmp_path / "result.pt", weights_only=True)
+    # one process on the concatenated batch (2 x 8): the same steps up to float round-off
+    model = ddp_worker.new_model()
+    config = TrainConfig(n_steps=4, batch_size=2 * ddp_worker.BATCH, lr=1e-2, progress=False)
+    history = fit(model, ddp_worker.regression_loss, ddp_worker.data(), config)
+    ddp_history, ddp_state = results["deterministic"]
+    torch.testing.assert_close(torch.tensor(ddp_history), torch.tensor(history), rtol=1e-5, atol=1e-6)
+    for a, b in zip(ddp_state.values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # a resumed two-process run (per-rank noise generators restored) ends bit-identical to an uninterrupted one
+    assert results["resumed"][0] == results["straight"][0]
+    assert all(torch.equal(a, b) for a, b in zip(results["resumed"][1].values(), results["straight"][1].values()))
+
+
+@pytest.mark.slow
+def test_sigkilled_cli_run_resumes_bit_identical(tmp_path):
+    """SIGKILL a `scorelab train` at a random moment (perhaps inside a checkpoint write), resume it, and compare."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    argv = ["--config", "shapes-vp", "--steps", "30", "--batch-size", "8", "n_images=64", *TINY_RUN, "checkpoint_every=3"]
+    train = [sys.executable, "-m", "scorelab", "train"]
+    subprocess.run([*train, *argv, "--out", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
+    reference = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([*train, *argv, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(float(np.random.default_rng(0).uniform(0, 0.5)))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    saved = len(load_checkpoint(killed / "checkpoint.pt")["history"])
+    assert 3 <= saved < 30, "the kill should land mid-run"
+    subprocess.run([*train, *argv, "--out", str(killed), "--resume"], check=True, env=env, capture_output=True)
+    resumed = load_checkpoint(killed / "checkpoint.pt")
+    assert torch.equal(resumed["history"], reference["history"])
+    for part in ("model", "ema"):
+        ours, theirs = resumed[part], reference[part]
+        ours, theirs = (ours["module"], theirs["module"]) if part == "ema" else (ours, theirs)
+        assert all(torch.equal(a, b) for a, b in zip(ours.values(), theirs.values()))
+    assert not list(killed.glob(".checkpoint.pt.tmp-*"))  # no debris from a write the kill interrupted
