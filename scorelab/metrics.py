@@ -182,3 +182,16 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     return (
         2 * _pairwise_distances(x, y).mean() - _offdiag_mean(_pairwise_distances(x, x)) - _offdiag_mean(_pairwise_distances(y, y))
     ).item()
+
+
+def class_frequencies(labels: torch.Tensor, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fraction of each class 0..n_classes-1 among integer `labels`, and its binomial standard error
+    sqrt(f (1 - f) / n): `(frequencies, standard_errors)`, each `(n_classes,)`. Lesson 09 compares the classes a
+    model generates with the classes it was trained on."""
+    check_int("n_classes", n_classes, minimum=1)
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.ndim != 1 or len(labels) == 0:
+        raise TypeError(f"labels must be a non-empty 1-D integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {labels.min().item()}..{labels.max().item()}")
+    freq = torch.bincount(labels.cpu(), minlength=n_classes).double().numpy() / len(labels)
+    return freq, np.sqrt(freq * (1 - freq) / len(labels))

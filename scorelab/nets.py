@@ -380,3 +380,41 @@ class UNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1) if isinstance(block, _Stage) else h, emb)
         out = self.conv_out(nn.functional.silu(self.norm_out(h)))
         return (out / append_dims(sigma, x.ndim)).to(x.dtype)
+
+
+class ImageClassifier(nn.Module):
+    """A small convolutional classifier `(n, C, H, W) -> (n, n_classes)` logits (lesson 09 counts generated shapes).
+
+    Three 3x3 convolutions (the last two with stride 2) with SiLU, global average pooling to `features(x)`
+    `(n, 4 * width)`, and a linear layer. Any H, W; same dtype rule as `UNet`.
+    """
+
+    def __init__(self, channels: int = 1, n_classes: int = 10, width: int = 16):
+        super().__init__()
+        check_int("channels", channels, minimum=1)
+        check_int("n_classes", n_classes, minimum=2)
+        check_int("width", width, minimum=1)
+        self.channels = channels
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(4 * width, n_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate layer `(n, 4 * width)`."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = getattr(x, "dtype", type(x).__name__)
+            raise TypeError(f"x must be a floating-point tensor, got {got}: scale images with datasets.to_model_range")
+        if x.ndim != 4 or x.shape[1] != self.channels or len(x) == 0:
+            raise ValueError(f"x must be a non-empty batch of images (n, {self.channels}, H, W), got shape {tuple(x.shape)}")
+        return self.body(x.to(self.head.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).to(x.dtype)

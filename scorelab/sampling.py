@@ -149,6 +149,8 @@ def _inpainting(mask, known, x: torch.Tensor):
             raise ValueError(f"{name} must broadcast to x's shape {tuple(x.shape)}, got {tuple(value.shape)}") from None
         if value.ndim > x.ndim or torch.broadcast_shapes(value.shape, x.shape) != x.shape:
             raise ValueError(f"{name} must broadcast to x's shape {tuple(x.shape)}, got {tuple(value.shape)}")
+    if not mask.any():  # nothing known: plain sampling, with the same random numbers
+        return None, None
     return mask.expand_as(x), known.to(x.dtype).expand_as(x)
 
 

@@ -140,26 +140,32 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 def _batch_source(data, batch_size: int, generator: torch.Generator, rank: int, world: int, device, channels_last: bool):
     """A function returning this process's minibatch, on `device`.
 
-    All processes draw the same global batch of `world * batch_size` (indices into a tensor, with replacement, or a
-    sampler's draw) from a generator they share, and each keeps its own slice: K processes at batch B see exactly
+    All processes draw the same global batch of `world * batch_size` (indices into the tensors, with replacement, or
+    a sampler's draw) from a generator they share, and each keeps its own slice: K processes at batch B see exactly
     the batches of one process at batch K * B.
     """
     mine = slice(rank * batch_size, (rank + 1) * batch_size)
-    if isinstance(data, torch.Tensor):
-        check_tensor("data", data, min_dim=2)
-        data = data.to(device)
 
-        def draw():
-            return data[torch.randint(len(data), (world * batch_size,), generator=generator, device=device)[mine]]
-    else:
-        check_callable("data", data)
+    def place(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device)
+        return batch.contiguous(memory_format=torch.channels_last) if channels_last and batch.ndim == 4 else batch
 
-        def draw():
-            return data(world * batch_size, generator=generator)[mine].to(device)
+    if callable(data) and not isinstance(data, torch.Tensor):
+        return lambda: place(data(world * batch_size, generator=generator)[mine])
+    tensors = data if isinstance(data, tuple) else (data,)
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError(f"data must be a tensor, a tuple of tensors or a sampler (n, generator=) -> tensor, got {type(data).__name__}")
+    check_tensor("data", tensors[0], min_dim=2)
+    if any(len(t) != len(tensors[0]) for t in tensors):
+        raise ValueError(f"the tensors in data must have the same length, got {[len(t) for t in tensors]}")
+    tensors = tuple(t.to(device) for t in tensors)
 
-    if not channels_last:
-        return draw
-    return lambda: (lambda batch: batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch)(draw())
+    def draw():
+        index = torch.randint(len(tensors[0]), (world * batch_size,), generator=generator, device=device)[mine]
+        batch = tuple(place(t[index]) for t in tensors)
+        return batch if isinstance(data, tuple) else batch[0]
+
+    return draw
 
 
 def _checkpoint_path(checkpoint) -> Path | None:
@@ -249,7 +255,8 @@ def fit(
         loss_fn: `(model, batch, generator) -> scalar loss`, e.g.
             `lambda m, x, g: losses.dsm(m, x, 0.1, generator=g)`. Use its `model` argument (under DDP it is the
             wrapper that averages gradients), and `generator` for the loss's noise (on the model's device).
-        data: a tensor `(N, *dims)` to draw minibatches from, or a sampler
+        data: a tensor `(N, *dims)` to draw minibatches from; a tuple of such tensors of one length N (images
+            and labels, say), drawn with the same indices and passed on as a tuple; or a sampler
             `(n, generator=) -> (n, *dims)` (fresh data every step).
         config: `TrainConfig`; defaults when omitted.
         ema: optional `EMA` of the model, updated after every step and checkpointed.

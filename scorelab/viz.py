@@ -228,3 +228,27 @@ def save_image_grid(images: torch.Tensor, path, n_cols: int | None = None, data_
     scale = check_int("scale", scale, minimum=1) if scale is not None else max(1, -(-64 // images.shape[-1]))
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     plt.imsave(path, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
+
+
+def plot_images_by_class(images: torch.Tensor, labels: torch.Tensor, class_names, n_per_class: int = 10, ax=None, title=None):
+    """One row per class: the first `n_per_class` images with that label (grey where there are fewer), the class
+    names (with their counts) on the left. Returns the `AxesImage`."""
+    check_int("n_per_class", n_per_class, minimum=1)
+    if not isinstance(labels, torch.Tensor) or labels.shape != images.shape[:1]:
+        raise ValueError(f"labels must be a tensor of one label per image ({len(images)},), got {getattr(labels, 'shape', labels)}")
+    blank = torch.full_like(images[0], 128 if images.dtype == torch.uint8 else 0)  # grey like the gaps: no image
+    rows = []
+    for k in range(len(class_names)):
+        chosen = list(images[labels.cpu() == k][:n_per_class])
+        rows += chosen + [blank] * (n_per_class - len(chosen))
+    artist = plot_images(torch.stack(rows), ax=ax, n_cols=n_per_class, title=title)
+    ax = artist.axes
+    ax.set_axis_on()
+    ax.set_xticks([])
+    height = images.shape[2] + 1
+    ax.set_yticks([1 + height * (k + 0.5) for k in range(len(class_names))])
+    counts = torch.bincount(labels.cpu(), minlength=len(class_names)).tolist()
+    ax.set_yticklabels([f"{name} ({count})" for name, count in zip(class_names, counts)])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    return artist

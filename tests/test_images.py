@@ -449,9 +449,10 @@ def test_python_dash_m_scorelab_is_the_same_command():
 # --- several processes, and crashes ---------------------------------------------------------------------------------
 
 
-def _torchrun(script: Path, *args, nproc: int = 2) -> None:
+def _torchrun(*args) -> None:
+    """`torchrun --standalone --nproc_per_node=2 ARGS` with quiet progress bars; fails with the processes' output."""
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script), *map(str, args)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -502,3 +503,13 @@ def test_sigkilled_cli_run_resumes_bit_identical(tmp_path):
         ours, theirs = (ours["module"], theirs["module"]) if part == "ema" else (ours, theirs)
         assert all(torch.equal(a, b) for a, b in zip(ours.values(), theirs.values()))
     assert not list(killed.glob(".checkpoint.pt.tmp-*"))  # no debris from a write the kill interrupted
+
+
+def test_torchrun_runs_the_cli_unchanged(tmp_path):
+    """`torchrun --nproc_per_node=2 -m scorelab train ...`: two gloo processes, one checkpoint and log from rank 0."""
+    out = tmp_path / "run"
+    argv = ["-m", "scorelab", "train", "--config", "shapes-vp", "--out", out, "--steps", "2", "--batch-size", "2", "n_images=16"]
+    _torchrun(*argv, *TINY_RUN)
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["world_size"] == 2 and len(state["history"]) == 2 and len(state["rank_generators"]) == 2
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2  # rank 0 alone writes the log
