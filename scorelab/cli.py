@@ -57,7 +57,7 @@ class RunConfig:
     sigma_max: float = 50.0  # ... to sigma_max, about the largest distance between two training images
     eps: float = 1e-5  # smallest training time of sde_dsm
     unet: UNetConfig = UNET_PRESETS["tiny"]  # the architecture (a preset name on the command line); channels follow the data
-    train: TrainConfig = field(default_factory=TrainConfig)  # steps, batch, optimiser, checkpoints, device, precision
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(device="auto"))  # steps, batch, optimiser, checkpoints, device
     ema_decay: float = 0.999  # samples come from this exponential moving average of the weights
     sample_every: int = 1000  # steps between grids of samples written during training (0: only at the end)
     n_samples: int = 64  # images per grid
@@ -81,13 +81,20 @@ class RunConfig:
 
 
 def _shapes_config(sde: str, **changes) -> RunConfig:
-    train = TrainConfig(n_steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, checkpoint_every=250, log_every=10)
+    train = TrainConfig(n_steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, checkpoint_every=250, log_every=10, device="auto")
     return RunConfig(sde=sde, sigma_max=25.0, train=train, ema_decay=0.99, sample_every=500, sample_steps=200, **changes)
 
 
 def _gpu_train(n_steps: int, warmup_steps: int, checkpoint_every: int) -> TrainConfig:
     return TrainConfig(
-        n_steps=n_steps, batch_size=128, lr=2e-4, warmup_steps=warmup_steps, grad_clip=1.0, checkpoint_every=checkpoint_every, log_every=100
+        n_steps=n_steps,
+        batch_size=128,
+        lr=2e-4,
+        warmup_steps=warmup_steps,
+        grad_clip=1.0,
+        checkpoint_every=checkpoint_every,
+        log_every=100,
+        device="auto",
     )
 
 
@@ -218,7 +225,7 @@ def draw_samples(model: UNet, config: RunConfig, shape, device, *, sampler: str 
 
 def train_command(args) -> Path:
     config = apply_overrides(CONFIGS[args.config], _shorthands(args) + args.overrides)
-    device = resolve_device(config.train.device)
+    device = resolve_device(config.train.device or "auto")
     rank, world = init_distributed(device)
     out = Path(args.out or f"runs/{args.config}")
     checkpoint = out / "checkpoint.pt"

@@ -46,7 +46,7 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar (TQDM_DISABLE=1 silences it, as CI does)
     warmup_steps: int = 0  # the learning rate grows linearly from lr / warmup_steps to lr over the first steps
     log_every: int = 1  # steps between loss read-outs (a host sync on a GPU: use 50-100 there) and callbacks
-    device: str = "auto"  # "auto" (cuda:LOCAL_RANK when CUDA is available, else cpu), "cpu", "cuda" or "cuda:K"
+    device: str | None = None  # None: where the model already is; "auto" (cuda:LOCAL_RANK if CUDA is there, else cpu), "cpu", "cuda:K"
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on the CPU), "fp32", or "bf16" (CUDA only)
     channels_last: bool = True  # on CUDA, image batches and the model in NHWC layout (faster convolutions); no effect on the CPU
 
@@ -61,9 +61,9 @@ class TrainConfig:
         check_int("warmup_steps", self.warmup_steps, minimum=0)
         check_int("log_every", self.log_every, minimum=1)
         check_choice("precision", self.precision, PRECISIONS)
-        if not isinstance(self.device, str):
-            raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {type(self.device).__name__}")
-        if self.device != "auto":
+        if self.device is not None and not isinstance(self.device, str):
+            raise TypeError(f"device must be None or a string such as 'auto', 'cpu' or 'cuda', got {type(self.device).__name__}")
+        if self.device not in (None, "auto"):
             try:
                 torch.device(self.device)
             except RuntimeError:
@@ -244,11 +244,12 @@ def fit(
 ) -> list[float]:
     """Train `model` with Adam on `loss_fn(model, batch, generator)`; return the loss history.
 
-    The same loop trains a 2-D toy on a laptop and a U-Net on several GPUs. It moves the model (and `ema`) to
-    `config.device`, runs the loss under bf16 autocast on CUDA (`config.precision`), and, launched by torchrun,
-    wraps the model in `DistributedDataParallel` (NCCL on CUDA, gloo on the CPU): gradients are averaged over
-    processes, every process keeps its slice of one global batch, and only rank 0 shows progress, calls
-    `callback` and writes checkpoints. The loss is read back every `config.log_every` steps, not every step.
+    The same loop trains a 2-D toy on a laptop and a U-Net on several GPUs. It trains where the model is, or moves
+    the model (and `ema`) to `config.device` when that is set; runs the loss under bf16 autocast on CUDA
+    (`config.precision`); and, launched by torchrun, wraps the model in `DistributedDataParallel` (NCCL on CUDA,
+    gloo on the CPU): gradients are averaged over processes, every process keeps its slice of one global batch,
+    and only rank 0 shows progress, calls `callback` and writes checkpoints. The loss is read back every
+    `config.log_every` steps, not every step.
 
     Args:
         model: any `torch.nn.Module`.
@@ -291,7 +292,7 @@ def fit(
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict of plain data or None, got {type(metadata).__name__}")
     path = _checkpoint_path(checkpoint)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if config.device is not None else next(model.parameters(), torch.empty(0)).device
     if config.precision == "bf16" and device.type != "cuda":
         raise ValueError("precision='bf16' is a GPU option (bf16 autocast on CUDA); on the CPU use precision='auto' or 'fp32'")
     use_bf16 = device.type == "cuda" and config.precision in ("auto", "bf16")

@@ -513,3 +513,12 @@ def test_torchrun_runs_the_cli_unchanged(tmp_path):
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["world_size"] == 2 and len(state["history"]) == 2 and len(state["rank_generators"]) == 2
     assert len((out / "log.jsonl").read_text().splitlines()) == 2  # rank 0 alone writes the log
+
+
+def test_fit_trains_where_the_model_is_unless_told(monkeypatch):
+    # on a GPU machine a lesson's CPU model must stay on the CPU (its later calls pass CPU tensors)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    model = torch.nn.Linear(2, 2)
+    fit(model, lambda m, x, g: m(x).pow(2).mean(), torch.ones(4, 2), TrainConfig(n_steps=2, progress=False))
+    assert next(model.parameters()).device.type == "cpu"
+    assert cli.CONFIGS["mnist-vp"].train.device == "auto"  # the command line does pick the GPU
