@@ -223,7 +223,9 @@ def _deferred_signals(enabled: bool):
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield flags
         return
-    previous = {s: signal.signal(s, lambda signum, frame: flags.update(signal=signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    # a signal this process ignores (SIG_IGN, as a shell gives background jobs for SIGINT) stays ignored
+    wanted = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, lambda signum, frame: flags.update(signal=signum)) for s in wanted}
     try:
         yield flags
     finally:
@@ -382,7 +384,7 @@ def fit(
         history.extend(values)
         n_pending = 0
         if rank == 0:
-            bar.set_postfix(loss=f"{values[-1]:.4g}")
+            bar.set_postfix(loss=f"{values[-1]:.4g}", refresh=False)  # shown at the bar's own refresh rate
             if callback is not None:
                 callback({"i": i, "loss": sum(values) / len(values), "losses": values})
         return stop

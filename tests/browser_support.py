@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -124,9 +125,13 @@ def wait_for_idle_kernel(url: str, timeout: float = 120.0) -> None:
     """Until the server has a kernel that has started and reports idle (the page's indicator says idle earlier)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{url}/api/kernels", timeout=10) as response:
-            if any(k.get("execution_state") == "idle" for k in json.load(response)):
-                return
+        try:
+            with urllib.request.urlopen(f"{url}/api/kernels", timeout=10) as response:
+                if any(k.get("execution_state") == "idle" for k in json.load(response)):
+                    return
+        except urllib.error.HTTPError as err:  # listing kernels while the previous one shuts down can answer 500
+            if err.code < 500:
+                raise
         time.sleep(0.5)
     raise RuntimeError(f"no kernel became idle within {timeout:.0f} s")
 

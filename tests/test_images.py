@@ -343,23 +343,34 @@ def test_gpu_only_options_on_a_cpu_machine_are_clear_errors(monkeypatch):
 
 
 def test_signal_checkpoints_then_interrupts(tmp_path):
-    model, path = torch.nn.Linear(2, 2), tmp_path / "run.pt"
+    loss, path = (lambda m, x, g: m(x).pow(2).mean()), tmp_path / "run.pt"
 
     def send_sigint(info):
         if info["i"] == 4:
             os.kill(os.getpid(), signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        fit(
-            model,
-            lambda m, x, g: m(x).pow(2).mean(),
+    def run(n_steps=50):
+        return fit(
+            torch.nn.Linear(2, 2),
+            loss,
             torch.ones(4, 2),
-            TrainConfig(n_steps=50, progress=False),
+            TrainConfig(n_steps=n_steps, progress=False),
             checkpoint=path,
             callback=send_sigint,
         )
-    assert len(load_checkpoint(path)["history"]) == 6  # the step under way finished, then the checkpoint, then the interrupt
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own handler, whatever we inherited
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+        assert len(load_checkpoint(path)["history"]) == 6  # the step under way finished, then the checkpoint, then the interrupt
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # a SIGINT this process ignores (a shell gives background jobs SIGINT ignored) stays ignored
+        path.unlink()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        assert len(run(n_steps=10)) == 10
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_architecture_mismatch_and_stale_temporaries(tmp_path):
