@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from numbers import Real
 
 import torch
@@ -82,13 +83,13 @@ def check_choice(name: str, value, choices) -> None:
         raise ValueError(f"{name} must be one of {sorted(map(str, choices))}, got {value!r}")
 
 
-def check_bounds(bounds):
+def check_bounds(bounds, name: str = "bounds"):
     try:
         lo, hi = (float(b) for b in bounds)
     except (TypeError, ValueError):
-        raise TypeError(f"bounds must be a pair (low, high), got {bounds!r}") from None
+        raise TypeError(f"{name} must be a pair (low, high), got {bounds!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
+        raise ValueError(f"{name} must satisfy low < high, got {bounds!r}")
     return lo, hi
 
 
@@ -101,3 +102,46 @@ def check_per_sample(name: str, value, batch: int, like: torch.Tensor) -> torch.
     if value.numel() != batch or (value.ndim > 1 and value.shape[0] != batch):
         raise ValueError(f"{name} must be a scalar or hold one value per sample ({batch},), got shape {tuple(value.shape)}")
     return value.reshape(batch)
+
+
+def check_output(name: str, value, shape) -> torch.Tensor:
+    """`value`, returned by the user's callable `name`, must be a tensor of `shape`: never a silent broadcast."""
+    if not isinstance(value, torch.Tensor) or value.shape != shape:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must return a tensor of shape {tuple(shape)}, got {got}")
+    return value
+
+
+def checked_score(score, name: str = "score"):
+    """`score(x, *args)` with its answer checked to have x's shape (samplers wrap the user's score once with this)."""
+
+    def wrapped(x: torch.Tensor, *args) -> torch.Tensor:
+        return check_output(name, score(x, *args), x.shape)
+
+    return wrapped
+
+
+def check_memory(name: str, n: int, bytes_each: int) -> None:
+    """A clear error, with the size, when `n` items of `bytes_each` bytes would not fit in this machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: let the allocator decide
+        return
+    if n * bytes_each > total:
+        raise ValueError(
+            f"{name}={n} would take {n * bytes_each / 2**30:.1f} GiB, more than this machine's {total / 2**30:.1f} GiB: work in chunks"
+        )
+
+
+def check_device(name: str, device) -> torch.device:
+    """`device` as a torch.device that exists on this machine (a CUDA device without CUDA is a clear error)."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must name a device such as 'cpu' or 'cuda:0', got {device!r}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={str(device)!r} but this machine has no CUDA device: use 'cpu'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={str(device)!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved

@@ -66,7 +66,7 @@ class RunConfig:
     def __post_init__(self):
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("sde", self.sde, SDES)
-        SDES[self.sde](self)  # the schedule's own checks
+        VESDE(self.sigma_min, self.sigma_max), VPSDE(self.beta_min, self.beta_max)  # every schedule's own checks
         check_choice("split", self.split, datasets.IDX_FILES)
         check_int("holdout", self.holdout, minimum=1)
         check_int("image_size", self.image_size, minimum=8)

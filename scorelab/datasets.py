@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._checks import as_generator, check_bounds, check_choice, check_int, check_positive, check_tensor
+from ._checks import as_generator, check_bounds, check_choice, check_int, check_memory, check_positive, check_tensor
 from .distributions import GaussianMixture
 
 
@@ -51,8 +51,15 @@ def _normal(n, generator, dtype, *size):
     return torch.randn(n, *size, generator=generator, dtype=dtype)
 
 
+def _check_noise(noise) -> float:
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0 (the jitter's standard deviation), got {noise!r}")
+    return float(noise)
+
+
 def _prepare(n, generator, dtype):
     check_int("n", n, minimum=1)
+    check_memory("n", n, 8 * 8)  # a few (n, 2) float64 intermediates
     return as_generator(generator), dtype or torch.get_default_dtype()
 
 
@@ -71,6 +78,7 @@ def far_apart(n: int, *, generator=None, dtype=None) -> torch.Tensor:
 def two_moons(n: int, *, generator=None, dtype=None, noise: float = 0.1) -> torch.Tensor:
     """Two interleaved half circles (radius 1), with Gaussian jitter `noise`."""
     generator, dtype = _prepare(n, generator, dtype)
+    _check_noise(noise)
     upper = _uniform(n, generator, dtype) < 0.5
     angle = math.pi * _uniform(n, generator, dtype)
     x = torch.stack([angle.cos(), angle.sin()], dim=1)
@@ -81,7 +89,10 @@ def two_moons(n: int, *, generator=None, dtype=None, noise: float = 0.1) -> torc
 def concentric_rings(n: int, *, generator=None, dtype=None, radii=(1.0, 2.5), noise: float = 0.08) -> torch.Tensor:
     """Points on concentric circles (each picked with probability proportional to its length)."""
     generator, dtype = _prepare(n, generator, dtype)
+    _check_noise(noise)
     radii = torch.as_tensor(radii, dtype=dtype)
+    if radii.ndim != 1 or len(radii) == 0 or not (torch.isfinite(radii).all() and (radii > 0).all()):
+        raise ValueError(f"radii must be a non-empty sequence of positive numbers, got {radii.tolist()}")
     k = torch.multinomial(radii / radii.sum(), n, replacement=True, generator=generator)
     angle = 2 * math.pi * _uniform(n, generator, dtype)
     x = radii[k, None] * torch.stack([angle.cos(), angle.sin()], dim=1)
@@ -91,6 +102,7 @@ def concentric_rings(n: int, *, generator=None, dtype=None, radii=(1.0, 2.5), no
 def swiss_roll(n: int, *, generator=None, dtype=None, noise: float = 0.1) -> torch.Tensor:
     """The 2-D swiss roll: radius growing with the angle, scaled to about [-3, 3]^2."""
     generator, dtype = _prepare(n, generator, dtype)
+    _check_noise(noise)
     angle = 1.5 * math.pi * (1 + 2 * _uniform(n, generator, dtype))
     x = torch.stack([angle * angle.cos(), angle * angle.sin()], dim=1) / 5
     return x + noise * _normal(n, generator, dtype, 2)
@@ -100,6 +112,7 @@ def checkerboard(n: int, *, generator=None, dtype=None, n_squares: int = 4, size
     """Uniform on the dark squares of an `n_squares` x `n_squares` board of side `size` centred at 0."""
     generator, dtype = _prepare(n, generator, dtype)
     check_int("n_squares", n_squares, minimum=2)
+    check_positive("size", size, allow_tensor=False)
     cell = size / n_squares
     # pick a dark square (i + j even), then a uniform point inside it
     dark = torch.tensor([(i, j) for i in range(n_squares) for j in range(n_squares) if (i + j) % 2 == 0], dtype=dtype)
@@ -110,6 +123,8 @@ def checkerboard(n: int, *, generator=None, dtype=None, n_squares: int = 4, size
 def curve(n: int, *, generator=None, dtype=None, amplitude: float = 1.0) -> torch.Tensor:
     """Points exactly on the 1-D curve x_2 = amplitude * sin(2 x_1), x_1 ~ U(-2, 2): no density in 2-D (lesson 03)."""
     generator, dtype = _prepare(n, generator, dtype)
+    if isinstance(amplitude, bool) or not isinstance(amplitude, (int, float)) or not math.isfinite(amplitude):
+        raise ValueError(f"amplitude must be a finite number, got {amplitude!r}")
     t = 4 * _uniform(n, generator, dtype) - 2
     return torch.stack([t, amplitude * torch.sin(2 * t)], dim=1)
 
@@ -166,8 +181,7 @@ def shapes(n: int, size: int = 16, *, classes=SHAPES, weights=None, generator=No
     weights = torch.as_tensor(weights, dtype=torch.float64)
     if weights.shape != (len(classes),) or not (torch.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
         raise ValueError(f"weights must be {len(classes)} non-negative numbers, one per class, got {weights.tolist()}")
-    if n * size * size > 2**31:
-        raise ValueError(f"n={n} images of {size}x{size} would take {n * size * size / 2**30:.1f} GiB: draw them in chunks")
+    check_memory("n", n, 6 * 4 * size * size)  # float32 distances and intensities per image
     generator = as_generator(generator)
     labels = torch.multinomial(weights / weights.sum(), n, replacement=True, generator=generator)
     r = size * (0.22 + 0.12 * torch.rand(n, generator=generator))
@@ -198,7 +212,7 @@ def to_model_range(images: torch.Tensor, n_bins: int = 256, data_range=(-1.0, 1.
         raise ValueError(f"images is empty (shape {tuple(images.shape)})")
     if images.min() < 0 or images.max() > n_bins - 1:
         raise ValueError(f"images must hold values in [0, {n_bins - 1}], got {images.min().item()}..{images.max().item()}")
-    lo, hi = check_bounds(data_range)
+    lo, hi = check_bounds(data_range, "data_range")
     dtype = torch.get_default_dtype()
     k = images.to(dtype)
     if not dequantize:
@@ -213,7 +227,7 @@ def to_pixels(x: torch.Tensor, n_bins: int = 256, data_range=(-1.0, 1.0)) -> tor
     check_int("n_bins", n_bins, minimum=2)
     if n_bins > 256:
         raise ValueError(f"n_bins must be <= 256 for uint8 pixels, got {n_bins}")
-    lo, hi = check_bounds(data_range)
+    lo, hi = check_bounds(data_range, "data_range")
     return ((x - lo) / (hi - lo) * (n_bins - 1)).round().clamp(0, n_bins - 1).to(torch.uint8)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import as_generator, check_callable, check_int, check_positive, check_tensor
+from ._checks import as_generator, check_callable, check_device, check_int, check_memory, check_positive, check_tensor
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -51,6 +51,9 @@ class GaussianMixture:
             dtype = means.dtype if isinstance(means, torch.Tensor) and means.is_floating_point() else torch.get_default_dtype()
         if device is None:
             device = means.device if isinstance(means, torch.Tensor) else "cpu"
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64 (scores need the range), got {dtype}")
+        device = check_device("device", device)
         weights = _as_float_tensor("weights", weights, dtype, device)
         means = _as_float_tensor("means", means, dtype, device)
         covs = _as_float_tensor("covs", covs, dtype, device)
@@ -238,6 +241,7 @@ class GaussianMixture:
     def sample(self, n: int, generator=None) -> torch.Tensor:
         """`n` independent samples, shape `(n, D)`; `generator` is a `torch.Generator` or an int seed."""
         check_int("n", n, minimum=1)
+        check_memory("n", n, 3 * self.dim * self.means.element_size())
         generator = as_generator(generator, self.device)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, 1, generator=generator, dtype=self.dtype, device=self.device)

@@ -15,10 +15,10 @@ import math
 
 import torch
 
-from ._checks import as_generator, check_bounds, check_callable, check_choice, check_int, check_tensor
+from ._checks import as_generator, check_bounds, check_callable, check_choice, check_int, check_output, check_tensor, checked_score
 from .datasets import to_model_range
 from .losses import PROJECTIONS
-from .sampling import integrate_ode
+from .sampling import DivergenceError, integrate_ode
 from .sde import probability_flow_drift
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -73,6 +73,7 @@ def log_prob(
     """
     check_callable("score", score)
     check_tensor("x", x, min_dim=2)
+    score = checked_score(score)
     check_choice("divergence", divergence, DIVERGENCES)
     check_int("n_probes", n_probes, minimum=1)
     check_choice("probe", probe, PROJECTIONS)
@@ -99,7 +100,12 @@ def log_prob(
     x_T, integral = integrate_ode(
         augmented, (x.detach(), zero), eps, sde.T, method=method, rtol=rtol, atol=atol, n_steps=n_steps, interval=(eps, sde.T)
     )
-    out = prior_log_prob(x_T) + integral
+    out = check_output("prior_log_prob", prior_log_prob(x_T), x.shape[:1]) + integral
+    if not torch.isfinite(out).all():
+        raise DivergenceError(
+            f"log_prob became non-finite: the prior gave {prior_log_prob(x_T).min().item():.3g} at x(T); pass the exact "
+            "prior_log_prob, or check that x lies where the model has mass"
+        )
     return (out, nfe) if return_nfe else out
 
 
@@ -113,7 +119,7 @@ def bits_per_dim(
     the discrete probability is bounded by log P(k) >= E_u log p(y) - D log n_bins, and bits/dim = -(log p(y) - D log n_bins) / (D ln 2)
     (Theis et al. 2016; Ho et al. 2020, App. B). Returns the `(n,)` per-image values for one draw of u.
     """
-    lo, hi = check_bounds(data_range)
+    lo, hi = check_bounds(data_range, "data_range")
     generator = as_generator(generator, getattr(images, "device", None))  # one stream for the dequantisation and the probes
     x = to_model_range(images, n_bins, (lo, hi), dequantize=True, generator=generator)
     D = x[0].numel()

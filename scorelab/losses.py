@@ -23,6 +23,7 @@ from ._checks import (
     check_callable,
     check_choice,
     check_int,
+    check_output,
     check_positive,
     check_tensor,
 )
@@ -46,10 +47,7 @@ def _prepare(score, x, reduction):
 
 
 def _score_output(score, x):
-    s = score(x)
-    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-        raise ValueError(f"score(x) must return a tensor of x's shape {tuple(x.shape)}, got {getattr(s, 'shape', type(s))}")
-    return s
+    return check_output("score", score(x), x.shape)
 
 
 def esm(score, x: torch.Tensor, true_score, *, reduction: str = "mean") -> torch.Tensor:
@@ -63,7 +61,7 @@ def esm(score, x: torch.Tensor, true_score, *, reduction: str = "mean") -> torch
     _prepare(score, x, reduction)
     check_callable("true_score", true_score)
     with torch.no_grad():
-        target = true_score(x)
+        target = check_output("true_score", true_score(x), x.shape)
     return _reduce(0.5 * _flat_sum((_score_output(score, x) - target) ** 2), reduction)
 
 
@@ -168,9 +166,7 @@ def ncsn(score, x: torch.Tensor, sigmas, generator=None, *, reduction: str = "me
     sigma = sigmas[torch.randint(len(sigmas), (x.shape[0],), generator=generator, device=x.device)]
     z = _standard_noise(x, generator, None)
     x_tilde = x + append_dims(sigma, x.ndim) * z
-    s = score(x_tilde, sigma)
-    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-        raise ValueError(f"score(x, sigma) must return a tensor of x's shape {tuple(x.shape)}")
+    s = check_output("score", score(x_tilde, sigma), x.shape)
     return _reduce(0.5 * _flat_sum((append_dims(sigma, x.ndim) * s + z) ** 2), reduction)
 
 
@@ -204,9 +200,7 @@ def sde_dsm(
     t = eps + (sde.T - eps) * torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
     mean_scale, std = (append_dims(c.to(x.dtype), x.ndim) for c in sde.marginal_coeffs(t))
     z = _standard_noise(x, generator, None)
-    s = score(mean_scale * x + std * z, t)
-    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-        raise ValueError(f"score(x, t) must return a tensor of x's shape {tuple(x.shape)}")
+    s = check_output("score", score(mean_scale * x + std * z, t), x.shape)
     if weighting == "sigma2":
         per_sample = 0.5 * _flat_sum((std * s + z) ** 2)
     else:

@@ -30,6 +30,10 @@ class FourierFeatures(nn.Module):
     def __init__(self, n_features: int = 16, min_freq: float = 1 / 16, max_freq: float = 1.0):
         super().__init__()
         check_int("n_features", n_features, minimum=1)
+        check_positive("min_freq", min_freq, allow_tensor=False)
+        check_positive("max_freq", max_freq, allow_tensor=False)
+        if max_freq < min_freq:
+            raise ValueError(f"max_freq must be >= min_freq, got {max_freq} < {min_freq}")
         freqs = torch.exp(torch.linspace(math.log(min_freq), math.log(max_freq), n_features))
         self.register_buffer("freqs", 2 * math.pi * freqs)
 
@@ -117,6 +121,8 @@ class EnergyMLP(nn.Module):
     def __init__(self, dim: int, hidden: int = 128, n_layers: int = 3):
         super().__init__()
         check_int("dim", dim, minimum=1)
+        check_int("hidden", hidden, minimum=1)
+        check_int("n_layers", n_layers, minimum=1)
         self.dim = dim
         self.net = _mlp(dim, 1, hidden, n_layers)
 
@@ -364,7 +370,7 @@ class UNet(nn.Module):
             raise ValueError(f"x must be a non-empty batch of images (n, {c.channels}, H, W), got shape {tuple(x.shape)}")
         if x.shape[2] % c.downsampling or x.shape[3] % c.downsampling:
             raise ValueError(
-                f"H and W must be divisible by {c.downsampling} ({len(c.channel_mults)} levels), got {tuple(x.shape[2:])}: "
+                f"x's H and W must be divisible by {c.downsampling} ({len(c.channel_mults)} levels), got {tuple(x.shape[2:])}: "
                 "pad the images or use fewer channel_mults"
             )
         sigma = check_positive("sigma", check_per_sample("sigma", sigma, x.shape[0], x.to(dtype)))

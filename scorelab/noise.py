@@ -105,7 +105,7 @@ def variance_ratio(step_size: float, sigmas, n_steps_each: int) -> torch.Tensor:
     if len(sigmas) < 2:
         raise ValueError("sigmas needs at least two levels")
     check_int("n_steps_each", n_steps_each, minimum=1)
-    a = step_size / sigmas[-1].item() ** 2
+    a = check_positive("step_size", step_size, allow_tensor=False) / sigmas[-1].item() ** 2
     gamma = sigmas[:-1] / sigmas[1:]
     stationary = 2 / (2 - a)
     return (1 - a) ** (2 * n_steps_each) * (gamma**2 - stationary) + stationary

@@ -24,17 +24,35 @@ Introduced in lessons 03 (`langevin`, `mala`), 04 (`annealed_langevin`) and 05 (
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
 
-from ._checks import append_dims, as_generator, check_callable, check_choice, check_int, check_positive, check_tensor
+from ._checks import (
+    append_dims,
+    as_generator,
+    check_callable,
+    check_choice,
+    check_int,
+    check_output,
+    check_positive,
+    check_tensor,
+    checked_score,
+)
 from .noise import check_sigmas
 from .sde import probability_flow_drift, reverse_drift
 
 
-def _divergence(i: int, where: str) -> ValueError:
-    return ValueError(f"Langevin particles became non-finite at step {i} ({where}): the step is too large for this score; reduce step_size")
+class DivergenceError(FloatingPointError, ValueError):
+    """A sampler's or an ODE's state stopped being finite; the message says where and which argument to change.
+    (A ValueError too, as the samplers' bad-argument errors are.)"""
+
+
+def _divergence(i: int, where: str) -> DivergenceError:
+    return DivergenceError(
+        f"Langevin particles became non-finite at step {i} ({where}): the step is too large for this score; reduce step_size"
+    )
 
 
 def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
@@ -47,6 +65,11 @@ def _start(score, x, step_size, n_steps, generator, names=("score", "n_steps")):
     step_size = check_positive("step_size", step_size, allow_tensor=False)
     check_int(names[1], n_steps, minimum=0)
     return x.detach().clone(), step_size, as_generator(generator, x.device)
+
+
+def _check_callback(callback) -> None:
+    if callback is not None:
+        check_callable("callback", callback)
 
 
 def langevin(
@@ -71,6 +94,8 @@ def langevin(
         the particles after `n_steps` steps. `callback` gets `{"x", "i", "step_size"}`.
     """
     x, step_size, generator = _start(score, x, step_size, n_steps, generator)
+    _check_callback(callback)
+    score = checked_score(score)
     noise_scale = math.sqrt(2 * step_size)
     for i in range(n_steps):
         with torch.no_grad():
@@ -104,11 +129,12 @@ def mala(
         `{"x", "i", "step_size", "accepted"}` with `accepted` a `(n,)` bool tensor.
     """
     x, step_size, generator = _start(log_prob, x, step_size, n_steps, generator, names=("log_prob", "n_steps"))
+    _check_callback(callback)
 
     def log_prob_and_score(v):
         with torch.enable_grad():
             v = v.detach().requires_grad_(True)
-            lp = log_prob(v)
+            lp = check_output("log_prob", log_prob(v), v.shape[:1])  # one log-density per particle
             (grad,) = torch.autograd.grad(lp.sum(), v)
         return lp.detach(), grad
 
@@ -130,6 +156,12 @@ def mala(
             raise _divergence(i, f"step_size={step_size:.3g}")
         if callback is not None:
             callback({"x": x, "i": i, "step_size": step_size, "accepted": accepted})
+    if n_steps and not n_accepted:
+        warnings.warn(
+            f"mala accepted none of {n_steps * len(x)} proposals: the chain did not move; reduce step_size (now {step_size:.3g})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return x, n_accepted / max(1, n_steps * len(x))
 
 
@@ -190,6 +222,8 @@ def annealed_langevin(
         the particles. `callback` gets `{"x", "i", "level", "sigma", "step_size"}` with `step_size` = alpha_i.
     """
     x, step_size, generator = _start(score, x, step_size, n_steps_each, generator, names=("score", "n_steps_each"))
+    _check_callback(callback)
+    score = checked_score(score)
     sigmas = check_sigmas(sigmas)
     mask, known = _inpainting(mask, known, x)
     sigma_l = sigmas[-1].item()
@@ -317,6 +351,8 @@ def pc_sample(
     """
     check_callable("score", score)
     check_tensor("x", x, min_dim=2)
+    _check_callback(callback)
+    score = checked_score(score)
     check_int("n_steps", n_steps, minimum=1)
     check_int("n_corrector_steps", n_corrector_steps, minimum=0)
     check_choice("predictor", predictor, PREDICTORS)
@@ -349,12 +385,19 @@ def pc_sample(
                     x, x_mean = correct(sde, score, x, t_next, t, _randn_like(x, generator), snr)
             x = impose_known(x, t_next)
             if not torch.isfinite(x).all():
-                raise _divergence(
-                    i, f"t={t_next:.4g}, predictor={predictor}, corrector={corrector}, snr={snr}: lower snr or take more steps"
+                raise DivergenceError(
+                    f"pc_sample's particles became non-finite at step {i} (t={t_next:.4g}, predictor={predictor}, "
+                    f"corrector={corrector}, snr={snr}): lower snr or take more steps (n_steps={n_steps})"
                 )
             if callback is not None:
                 callback({"x": x, "x_mean": x_mean, "i": i, "t": t_next})
-        x = _tweedie(sde, score, x, eps) if denoise else x
+        if denoise:
+            x = _tweedie(sde, score, x, eps)
+            if not torch.isfinite(x).all():
+                raise DivergenceError(
+                    f"the final denoising step (Tweedie at eps={eps:.3g}) gave non-finite values: the score is not finite "
+                    "near t = eps; raise eps or pass denoise=False"
+                )
     return x if mask is None else torch.where(mask, known, x)
 
 
@@ -385,6 +428,7 @@ def integrate_ode(
     check_choice("method", method, ODE_METHODS)
     check_positive("rtol", rtol, allow_tensor=False)
     check_positive("atol", atol, allow_tensor=False)
+    check_int("n_saved", n_saved, minimum=2)
     lo, hi = interval
     if ODE_METHODS[method] == "fixed":
         if n_steps is None:
@@ -397,8 +441,17 @@ def integrate_ode(
         return func(t.clamp(lo, hi), y)
 
     ref = y0[0] if isinstance(y0, tuple) else y0
-    times = torch.linspace(t_start, t_end, max(2, n_saved), dtype=ref.dtype, device=ref.device)
-    solution = odeint(guarded, y0, times, method=method, rtol=rtol, atol=atol, options=options)
+    times = torch.linspace(t_start, t_end, n_saved, dtype=ref.dtype, device=ref.device)
+    hint = f"tighten rtol/atol (now {rtol:g}/{atol:g})" if n_steps is None else f"take more steps (n_steps={n_steps})"
+    try:
+        solution = odeint(guarded, y0, times, method=method, rtol=rtol, atol=atol, options=options)
+    except AssertionError as err:  # torchdiffeq's "underflow in dt": the adaptive step shrank to nothing
+        raise DivergenceError(
+            f"the ODE solver ({method}) gave up: {err}. The field is not finite or too stiff near t = {lo:.3g}; "
+            "raise eps, or use a fixed-step method with n_steps"
+        ) from None
+    if not all(torch.isfinite(s).all() for s in (solution if isinstance(solution, tuple) else (solution,))):
+        raise DivergenceError(f"the ODE solution ({method}) became non-finite: {hint}, raise eps, or check the score")
     if n_saved > 2:
         return solution
     return tuple(s[-1] for s in solution) if isinstance(y0, tuple) else solution[-1]
@@ -433,6 +486,7 @@ def ode_sample(
     """
     check_callable("score", score)
     check_tensor("x", x, min_dim=2)
+    score = checked_score(score)
     eps = sde.check_eps(eps)
     nfe = 0
 

@@ -59,11 +59,18 @@ class SDE:
 
     # -- derived, shared by every SDE ---------------------------------------------------------
     def check_time(self, t, name: str = "t") -> torch.Tensor:
-        """`t` as a tensor, with every entry in [0, T]."""
+        """`t` as a tensor, with every entry in [0, T] (T up to float32 rounding)."""
         t = _as_time(t)
-        if not (torch.isfinite(t).all() and (t >= 0).all() and (t <= self.T).all()):
+        if not (torch.isfinite(t).all() and (t >= 0).all() and (t <= self.T * (1 + 1e-6)).all()):
             raise ValueError(f"{name} must lie in [0, T] = [0, {self.T}], got {t.min().item():.4g}..{t.max().item():.4g}")
         return t
+
+    def _time(self, t) -> torch.Tensor:
+        """`t` for the schedule's formulas (outside [0, T] they give NaN or nonsense): checked on the CPU; on an
+        accelerator the check would cost a host sync per call, and the samplers and losses only pass times they
+        made inside [0, T]."""
+        t = _as_time(t)
+        return self.check_time(t) if t.device.type == "cpu" else t
 
     def check_eps(self, eps) -> float:
         """The smallest time a sampler, loss or likelihood may reach: a float in (0, T)."""
@@ -116,17 +123,17 @@ class VESDE(SDE):
         self.log_ratio = math.log(self.sigma_max / self.sigma_min)
 
     def sigma(self, t) -> torch.Tensor:
-        return self.sigma_min * torch.exp(_as_time(t) * self.log_ratio)
+        return self.sigma_min * torch.exp(self._time(t) * self.log_ratio)
 
     def drift_coeff(self, t):
-        return torch.zeros_like(_as_time(t))
+        return torch.zeros_like(self._time(t))
 
     def diffusion(self, t):
         return self.sigma(t) * math.sqrt(2 * self.log_ratio)
 
     def marginal_coeffs(self, t):
         # int_0^t g^2 = sigma(t)^2 - sigma_min^2 exactly (the usual std = sigma(t) drops sigma_min^2)
-        t = _as_time(t)
+        t = self._time(t)
         return torch.ones_like(t), (self.sigma(t) ** 2 - self.sigma_min**2).sqrt()
 
     def prior_std(self):
@@ -151,11 +158,11 @@ class VPSDE(SDE):
             raise ValueError(f"beta_max must be >= beta_min, got {beta_max} < {beta_min}")
 
     def beta(self, t) -> torch.Tensor:
-        return self.beta_min + _as_time(t) * (self.beta_max - self.beta_min)
+        return self.beta_min + self._time(t) * (self.beta_max - self.beta_min)
 
     def integrated_beta(self, t) -> torch.Tensor:
         """int_0^t beta = beta_min t + (beta_max - beta_min) t^2 / 2."""
-        t = _as_time(t)
+        t = self._time(t)
         return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
 
     def drift_coeff(self, t):
@@ -200,13 +207,13 @@ class OUSDE(SDE):
         self.T = check_positive("T", T, allow_tensor=False)
 
     def drift_coeff(self, t):
-        return -torch.ones_like(_as_time(t))
+        return -torch.ones_like(self._time(t))
 
     def diffusion(self, t):
-        return math.sqrt(2) * torch.ones_like(_as_time(t))
+        return math.sqrt(2) * torch.ones_like(self._time(t))
 
     def marginal_coeffs(self, t):
-        t = _as_time(t)
+        t = self._time(t)
         return torch.exp(-t), (-torch.expm1(-2 * t)).sqrt()
 
     def __repr__(self):

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ._checks import check_callable, check_choice, check_int, check_positive, check_tensor
+from ._checks import check_callable, check_choice, check_device, check_int, check_positive, check_tensor
 from .nets import EMA
 
 CHECKPOINT_FORMAT = "scorelab-checkpoint-v1"
@@ -77,13 +77,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but this machine has no CUDA device: use device='cpu' or 'auto'")
-        resolved = torch.device("cuda", local_rank if resolved.index is None else resolved.index)
-        if resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    resolved = check_device("device", device)
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = check_device("device", torch.device("cuda", local_rank))
     return resolved
 
 
@@ -123,6 +119,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if isinstance(map_location, (str, torch.device)):
+        check_device("map_location", map_location)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (or, long ago, a pickle)
+        raise CheckpointError(f"{path} is not a torch checkpoint file (neither a zip archive nor a pickle): wrong file?")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError or UnpicklingError depending on the damage

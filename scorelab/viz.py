@@ -16,7 +16,7 @@ import numpy as np
 import seaborn as sns
 import torch
 
-from ._checks import check_bounds, check_callable, check_int
+from ._checks import check_bounds, check_callable, check_int, check_positive
 from .datasets import to_pixels
 from .distributions import GaussianMixture
 
@@ -35,6 +35,9 @@ def use_style() -> None:
 
 def subplots(n_cols: int = 1, n_rows: int = 1, size: float = 3.4, **kwargs):
     """A figure of square panels, `size` inches each; returns (fig, axes) like `plt.subplots`."""
+    check_int("n_cols", n_cols, minimum=1)
+    check_int("n_rows", n_rows, minimum=1)
+    check_positive("size", size, allow_tensor=False)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(size * n_cols, size * n_rows), squeeze=False, constrained_layout=True, **kwargs)
     return fig, (axes[0, 0] if axes.size == 1 else axes.squeeze())
 
@@ -126,9 +129,13 @@ def plot_field(
     |s(x)| in `cmap` (pass the returned quiver to `add_colorbar`): use it where the field is
     tiny on the data and huge elsewhere, so that no arrow shrinks to a dot.
     """
+    if isinstance(clip_quantile, bool) or not isinstance(clip_quantile, (int, float)) or not 0 < clip_quantile <= 1:
+        raise ValueError(f"clip_quantile must be in (0, 1], got {clip_quantile!r}")
     ax = _ax(ax)
     _, axis = grid(bounds, n_arrows)
     field = evaluate_on_grid(score, bounds, n_arrows)
+    if field.shape != (n_arrows, n_arrows, 2):
+        raise ValueError(f"score must return one 2-D vector per point, (n, 2); got {field.shape[2:]} per point")
     norm = np.linalg.norm(field, axis=-1, keepdims=True)
     if normalize:
         unit = field / np.maximum(norm, 1e-12)
@@ -143,6 +150,8 @@ def plot_field(
 
 def plot_samples(x: torch.Tensor, ax=None, bounds=(-8.0, 8.0), s: float = 3, alpha: float = 0.5, color=SAMPLE_COLOR, title=None, **kwargs):
     """A scatter of `(n, 2)` samples; returns the `PathCollection`."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 2 or x.shape[1] != 2:
+        raise ValueError(f"x must be a tensor of 2-D points (n, 2), got {getattr(x, 'shape', type(x).__name__)}")
     ax = _ax(ax)
     x = x.detach().cpu().numpy()
     points = ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, color=color, **{"linewidths": 0, **kwargs})

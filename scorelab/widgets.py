@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from . import losses, noise, sampling, viz
 from . import sde as sde_lib
+from ._checks import check_bounds, check_int
 from .datasets import far_apart_mixture, ring_mixture
 from .metrics import fisher_divergence, tv_grid
 from .nets import EMA, ScoreMLP
@@ -33,6 +34,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:
     """The figure rendered to PNG bytes (Agg), independent of any pyplot backend."""
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    check_int("dpi", dpi, minimum=1)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
@@ -114,6 +118,9 @@ class ScoreFieldExplorer(Explorer):
     """
 
     def __init__(self, bounds=(-7.0, 7.0), resolution: int = 90, n_arrows: int = 19, train_steps: int = 2000, seed: int = 0):
+        check_bounds(bounds)
+        check_int("resolution", resolution, minimum=2)
+        check_int("n_arrows", n_arrows, minimum=2)
         self.bounds, self.resolution, self.n_arrows = bounds, resolution, n_arrows
         self.train_config = TrainConfig(n_steps=train_steps, batch_size=512, lr=2e-3, seed=seed)
         self.sigmas = torch.logspace(np.log10(0.02), np.log10(3.0), 12)
@@ -231,6 +238,8 @@ class LangevinPlayground(Explorer):
     REACHED_RADIUS = 3.0
 
     def __init__(self, n_levels: int = 30, train_steps: int = 2000, seed: int = 0, bounds=(-10.0, 10.0)):
+        check_int("n_levels", n_levels, minimum=2)
+        check_bounds(bounds)
         self.mixture = far_apart_mixture()
         self.n_levels, self.bounds, self.seed = n_levels, bounds, seed
         self.train_config = TrainConfig(n_steps=train_steps, batch_size=512, lr=2e-3, seed=seed)
@@ -333,6 +342,9 @@ class SDEExplorer(Explorer):
     EPS = 1e-3  # both samplers stop at t = EPS (the paths' time axis is built from it)
 
     def __init__(self, n_particles: int = 1000, n_paths: int = 15, seed: int = 0):
+        check_int("n_particles", n_particles, minimum=1)
+        check_int("n_paths", n_paths, minimum=0)
+        check_int("seed", seed, minimum=0)
         self.mixture = ring_mixture(n_modes=4, radius=3.0, std=0.6)
         self.sdes = {"VE": sde_lib.VESDE(0.01, 10.0), "VP": sde_lib.VPSDE(), "sub-VP": sde_lib.SubVPSDE(), "OU": sde_lib.OUSDE(T=5.0)}
         self.n_particles, self.n_paths, self.seed = n_particles, n_paths, seed

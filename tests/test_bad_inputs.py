@@ -1,6 +1,11 @@
 """Bad input gets a ValueError or TypeError that names the offending argument (as a whole word)."""
 
+import atexit
 import math
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,21 +13,31 @@ import torch
 
 from scorelab import (
     EMA,
+    OUSDE,
     VESDE,
     VPSDE,
+    CheckpointError,
     EnergyMLP,
+    FourierFeatures,
     GaussianMixture,
     ScoreMLP,
+    SubVPSDE,
     TrainConfig,
+    UNet,
+    UNetConfig,
+    cli,
     datasets,
     fit,
     likelihood,
+    load_checkpoint,
     losses,
     metrics,
     noise,
     sampling,
+    save_checkpoint,
     viz,
 )
+from scorelab.nets import ImageClassifier
 
 X = torch.randn(8, 2)
 NAN_X = X.clone().index_put_((torch.tensor([0]), torch.tensor([1])), torch.tensor(math.nan))
@@ -38,6 +53,26 @@ def time_score(x, t):
 
 
 VP = VPSDE()
+
+
+def widgets():
+    import scorelab.widgets  # imported on demand, as users do: it needs ipywidgets
+
+    return scorelab.widgets
+
+
+TINY_UNET = UNet("tiny")
+PIXELS = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
+SQUARED = lambda m, x, g: (m(x) ** 2).mean()  # noqa: E731
+ONE_STEP = TrainConfig(n_steps=1, progress=False)
+_TMP = tempfile.TemporaryDirectory()
+atexit.register(_TMP.cleanup)
+EMPTY_DIR = Path(_TMP.name) / "empty"
+EMPTY_DIR.mkdir()
+RANDOM_FILE = Path(_TMP.name) / "random.bin"
+RANDOM_FILE.write_bytes(np.random.default_rng(0).bytes(256))
+ARCHLESS_CHECKPOINT = Path(_TMP.name) / "tagged.pt"
+save_checkpoint({"format": "scorelab-checkpoint-v1", "model": {}}, ARCHLESS_CHECKPOINT)  # the tag, but no state
 
 
 CASES = [
@@ -151,6 +186,156 @@ CASES = [
     (lambda: likelihood.bits_per_dim(time_score, VP, torch.rand(2, 4)), TypeError, "images"),
     (lambda: losses.sde_dsm(time_score, X, VP, weighting="uniform"), ValueError, "weighting"),
     (lambda: losses.sde_dsm(time_score, X, VP, eps=2.0), ValueError, "eps"),
+    # --- added with issue 14: every public module, including the image half -----------------------------------
+    # nets
+    (lambda: UNet("huge"), ValueError, "config"),
+    (lambda: UNet(3), TypeError, "config"),
+    (lambda: UNetConfig(channels=0), ValueError, "channels"),
+    (lambda: UNetConfig(channel_mults=()), ValueError, "channel_mults"),
+    (lambda: UNetConfig(dropout=1.5), ValueError, "dropout"),
+    (lambda: UNetConfig(n_heads=3), ValueError, "n_heads"),
+    (lambda: UNetConfig(attention_levels=(3,)), ValueError, "attention_levels"),
+    (lambda: TINY_UNET(torch.randn(2, 1, 18, 18), torch.ones(2)), ValueError, "x"),
+    (lambda: TINY_UNET(torch.zeros(0, 1, 16, 16), torch.ones(0)), ValueError, "x"),
+    (lambda: TINY_UNET(torch.randn(2, 1, 16, 16), -torch.ones(2)), ValueError, "sigma"),
+    (lambda: TINY_UNET(torch.randn(2, 1, 16, 16), torch.ones(3)), ValueError, "sigma"),
+    (lambda: TINY_UNET(torch.zeros(2, 1, 16, 16, dtype=torch.uint8), torch.ones(2)), TypeError, "x"),
+    (lambda: ImageClassifier(n_classes=1), ValueError, "n_classes"),
+    (lambda: ImageClassifier()(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)), TypeError, "x"),
+    (lambda: ImageClassifier(channels=3)(torch.zeros(2, 1, 8, 8)), ValueError, "x"),
+    (lambda: FourierFeatures(min_freq=-1.0), ValueError, "min_freq"),
+    (lambda: FourierFeatures(min_freq=2.0, max_freq=1.0), ValueError, "max_freq"),
+    (lambda: EnergyMLP(2, hidden=0), ValueError, "hidden"),
+    (lambda: ScoreMLP(2, n_layers=0), ValueError, "n_layers"),
+    (lambda: EMA(ScoreMLP(2), decay=-0.1), ValueError, "decay"),
+    # datasets
+    (lambda: datasets.shapes(0), ValueError, "n"),
+    (lambda: datasets.shapes(10, size=4), ValueError, "size"),
+    (lambda: datasets.shapes(10, classes=("hexagon",)), ValueError, "classes"),
+    (lambda: datasets.shapes(10, weights=(1.0, 1.0)), ValueError, "weights"),
+    (lambda: datasets.shapes(10**12), ValueError, "n"),  # says how many GiB it would take
+    (lambda: datasets.to_model_range(torch.rand(2, 2)), TypeError, "images"),
+    (lambda: datasets.to_model_range(PIXELS, n_bins=1), ValueError, "n_bins"),
+    (lambda: datasets.to_model_range(PIXELS, data_range=(1, -1)), ValueError, "data_range"),
+    (lambda: datasets.to_model_range(torch.zeros(0, dtype=torch.uint8)), ValueError, "images"),
+    (lambda: datasets.to_pixels(X, n_bins=1000), ValueError, "n_bins"),
+    (lambda: datasets.to_pixels(NAN_X), ValueError, "x"),
+    (lambda: datasets.load_idx_images("emnist", "."), ValueError, "dataset"),
+    (lambda: datasets.load_idx_images("mnist", ".", "val"), ValueError, "split"),
+    (lambda: datasets.load_idx_images("mnist", 3), TypeError, "root"),
+    (lambda: datasets.load_cifar10(EMPTY_DIR), FileNotFoundError, "data_batch_1"),
+    (lambda: datasets.load_cifar10(EMPTY_DIR, split="validation"), ValueError, "split"),
+    (lambda: datasets.read_idx(RANDOM_FILE), ValueError, "IDX"),
+    (lambda: datasets.two_moons(10, noise=-1.0), ValueError, "noise"),
+    (lambda: datasets.swiss_roll(10, noise=math.nan), ValueError, "noise"),
+    (lambda: datasets.concentric_rings(10, radii=(1.0, -1.0)), ValueError, "radii"),
+    (lambda: datasets.checkerboard(10, size=0.0), ValueError, "size"),
+    (lambda: datasets.curve(10, amplitude=math.inf), ValueError, "amplitude"),
+    (lambda: MIX.sample(10**13), ValueError, "n"),
+    # distributions
+    (lambda: GaussianMixture([1.0], [[0, 0]], [1.0], dtype=torch.float16), TypeError, "dtype"),
+    (lambda: GaussianMixture([1.0], [[0, 0]], [1.0], dtype=torch.int64), TypeError, "dtype"),
+    (lambda: GaussianMixture([1.0], [[0, 0]], [1.0], device="cuda:99"), ValueError, "device"),
+    (lambda: GaussianMixture([1.0], [[0, 0]], [1.0], device="tpu"), ValueError, "device"),
+    # sde: times outside [0, T] used to give NaN
+    (lambda: VP.marginal_coeffs(1.5), ValueError, "t"),
+    (lambda: VP.diffusion(-0.5), ValueError, "t"),
+    (lambda: VESDE().marginal_coeffs(torch.tensor([0.5, 2.0])), ValueError, "t"),
+    (lambda: SubVPSDE().marginal_coeffs(math.nan), ValueError, "t"),
+    (lambda: OUSDE(T=-1.0), ValueError, "T"),
+    (lambda: OUSDE().drift(X, 10.0), ValueError, "t"),
+    # samplers: a score of the wrong shape is an error, never a broadcast
+    (lambda: sampling.langevin(lambda x: x[:, :1], X, 0.1, 1), ValueError, "score"),
+    (lambda: sampling.annealed_langevin(lambda x, s: x.sum(1), X, [1.0, 0.5], 0.1, 1), ValueError, "score"),
+    (lambda: sampling.pc_sample(lambda x, t: x[:1], VP, X, 2), ValueError, "score"),
+    (lambda: sampling.ode_sample(lambda x, t: x.sum(), VP, X, method="euler", n_steps=2), ValueError, "score"),
+    (lambda: sampling.mala(lambda x: (x**2).sum(), X, 0.1, 1), ValueError, "log_prob"),
+    (lambda: sampling.mala(lambda x: -(x**2), X, 0.1, 1), ValueError, "log_prob"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 2, mask=torch.ones(3, 2, dtype=torch.bool), known=X), ValueError, "mask"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 2, mask=torch.ones(8, 2), known=X), TypeError, "mask"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 2, mask=torch.ones(8, 2, dtype=torch.bool), known=X[:3]), ValueError, "known"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 2, known=X), ValueError, "mask"),
+    (lambda: sampling.ode_sample(time_score, VP, X, n_saved=1), ValueError, "n_saved"),
+    (lambda: sampling.ode_sample(time_score, VP, X, method="euler"), ValueError, "n_steps"),
+    (lambda: sampling.ode_sample(time_score, VP, X, rtol=0.0), ValueError, "rtol"),
+    (lambda: sampling.langevin(score, X, 0.1, 1, callback=3), TypeError, "callback"),
+    (lambda: sampling.pc_sample(time_score, VP, X, 2, callback="print"), TypeError, "callback"),
+    # losses
+    (lambda: losses.dsm(lambda x: x[:, :1], X, 0.1), ValueError, "score"),
+    (lambda: losses.ncsn(lambda x, s: x.sum(1), X, [1.0]), ValueError, "score"),
+    (lambda: losses.sde_dsm(lambda x, t: x[:1], X, VP), ValueError, "score"),
+    (lambda: losses.esm(score, X, lambda x: x[:, :1]), ValueError, "true_score"),
+    (lambda: losses.ssm(lambda x: x.sum(1), X), ValueError, "score"),
+    # likelihood
+    (lambda: likelihood.log_prob(time_score, VP, X, prior_log_prob=lambda x: x), ValueError, "prior_log_prob"),
+    (lambda: likelihood.log_prob(lambda x, t: x[:, :1], VP, X, method="euler", n_steps=1), ValueError, "score"),
+    (lambda: likelihood.log_prob(time_score, VP, X, probe="uniform"), ValueError, "probe"),
+    (lambda: likelihood.bits_per_dim(time_score, VP, PIXELS, n_bins=1), ValueError, "n_bins"),
+    (lambda: likelihood.bits_per_dim(time_score, VP, PIXELS, data_range=(0, 0)), ValueError, "data_range"),
+    # metrics
+    (lambda: metrics.class_frequencies(torch.tensor([0, 5]), 3), ValueError, "labels"),
+    (lambda: metrics.class_frequencies(torch.rand(3), 3), TypeError, "labels"),
+    (lambda: metrics.class_frequencies(torch.tensor([0]), 0), ValueError, "n_classes"),
+    (lambda: metrics.energy_distance(X, torch.randn(8, 3)), ValueError, "same sample shape"),
+    # viz
+    (lambda: viz.subplots(n_cols=0), ValueError, "n_cols"),
+    (lambda: viz.subplots(size=-1.0), ValueError, "size"),
+    (lambda: viz.image_grid(torch.zeros(0, 1, 4, 4)), ValueError, "images"),
+    (lambda: viz.image_grid(torch.zeros(2, 1, 4, 4), n_cols=0), ValueError, "n_cols"),
+    (lambda: viz.image_grid(torch.zeros(2, 4, 4)), ValueError, "images"),
+    (lambda: viz.plot_field(score, clip_quantile=1.5), ValueError, "clip_quantile"),
+    (lambda: viz.plot_field(lambda x: x.sum(1)), ValueError, "score"),
+    (lambda: viz.plot_samples(torch.randn(5, 3)), ValueError, "x"),
+    (lambda: viz.save_image_grid(torch.zeros(2, 1, 4, 4), EMPTY_DIR / "g.png", scale=0), ValueError, "scale"),
+    (lambda: viz.plot_images_by_class(torch.zeros(3, 1, 4, 4), torch.zeros(2, dtype=torch.long), ["a"]), ValueError, "labels"),
+    (lambda: viz.grid(resolution=1), ValueError, "resolution"),
+    # train
+    (lambda: fit(ScoreMLP(2), SQUARED, X, config="fast"), TypeError, "config"),
+    (lambda: fit(ScoreMLP(2), SQUARED, X, ONE_STEP, ema="ema"), TypeError, "ema"),
+    (lambda: fit(ScoreMLP(2), SQUARED, X, ONE_STEP, ema=EMA(ScoreMLP(3))), ValueError, "ema"),
+    (lambda: fit(ScoreMLP(2), SQUARED, X, ONE_STEP, checkpoint=EMPTY_DIR), ValueError, "checkpoint"),
+    (lambda: fit(ScoreMLP(2), SQUARED, X, ONE_STEP, checkpoint=3), TypeError, "checkpoint"),
+    (lambda: fit(ScoreMLP(2), SQUARED, (X, torch.zeros(3)), ONE_STEP), ValueError, "data"),
+    (lambda: fit(ScoreMLP(2), SQUARED, [X], ONE_STEP), TypeError, "data"),
+    (lambda: fit(ScoreMLP(2), SQUARED, X, ONE_STEP, metadata=[1]), TypeError, "metadata"),
+    (lambda: fit(ScoreMLP(2), SQUARED, X, ONE_STEP, callback=3), TypeError, "callback"),
+    (lambda: fit("model", SQUARED, X, ONE_STEP), TypeError, "model"),
+    (lambda: fit(ScoreMLP(2), SQUARED, X, TrainConfig(n_steps=1, progress=False, device="cuda:99")), ValueError, "device"),
+    (lambda: fit(ScoreMLP(2), SQUARED, X, ONE_STEP, checkpoint=ARCHLESS_CHECKPOINT), CheckpointError, "lacks"),
+    (lambda: TrainConfig(precision="fp16"), ValueError, "precision"),
+    (lambda: TrainConfig(device="gpu"), ValueError, "device"),
+    (lambda: TrainConfig(device=0), TypeError, "device"),
+    (lambda: TrainConfig(warmup_steps=-1), ValueError, "warmup_steps"),
+    (lambda: TrainConfig(log_every=0), ValueError, "log_every"),
+    (lambda: TrainConfig(grad_clip=0.0), ValueError, "grad_clip"),
+    (lambda: TrainConfig(checkpoint_every=-5), ValueError, "checkpoint_every"),
+    (lambda: TrainConfig(seed=-1), ValueError, "seed"),
+    (lambda: load_checkpoint(RANDOM_FILE), CheckpointError, "not a torch checkpoint"),
+    (lambda: load_checkpoint(ARCHLESS_CHECKPOINT, map_location="cuda:99"), ValueError, "map_location"),
+    (lambda: load_checkpoint(EMPTY_DIR / "absent.pt"), FileNotFoundError, "checkpoint"),
+    # the command line's configuration
+    (lambda: cli.RunConfig(dataset="svhn"), ValueError, "dataset"),
+    (lambda: cli.RunConfig(sde="edm"), ValueError, "sde"),
+    (lambda: cli.RunConfig(holdout=0), ValueError, "holdout"),
+    (lambda: cli.RunConfig(shape_weights=(1.0,)), ValueError, "shape_weights"),
+    (lambda: cli.RunConfig(sigma_max=-1.0), ValueError, "sigma_max"),
+    (lambda: cli.apply_overrides(cli.CONFIGS["shapes-vp"], ["lr=fast"]), ValueError, "lr"),
+    (lambda: cli.apply_overrides(cli.CONFIGS["shapes-vp"], ["lr"]), ValueError, "key=value"),
+    (lambda: cli.apply_overrides(cli.CONFIGS["shapes-vp"], ["unet=huge"]), ValueError, "unet"),
+    (lambda: cli.apply_overrides(cli.CONFIGS["shapes-vp"], ["unet.nope=1"]), ValueError, "setting"),
+    (lambda: cli.apply_overrides(cli.CONFIGS["shapes-vp"], ["progress=maybe"]), ValueError, "progress"),
+    # widgets (the demos' explorers)
+    (lambda: widgets().ScoreFieldExplorer(resolution=1), ValueError, "resolution"),
+    (lambda: widgets().ScoreFieldExplorer(bounds=(3, -3)), ValueError, "bounds"),
+    (lambda: widgets().ScoreFieldExplorer(train_steps=0), ValueError, "n_steps"),
+    (lambda: widgets().LangevinPlayground(n_levels=1), ValueError, "n_levels"),
+    (lambda: widgets().LangevinPlayground(seed=-1), ValueError, "seed"),
+    (lambda: widgets().SDEExplorer(n_particles=0), ValueError, "n_particles"),
+    (lambda: widgets().SDEExplorer(n_paths=2.5), TypeError, "n_paths"),
+    (lambda: widgets().figure_png("figure"), TypeError, "fig"),
+    # noise
+    (lambda: noise.sigma_max_from_data(X, block=0), ValueError, "block"),
+    (lambda: noise.variance_ratio(0.0, [1.0, 0.5], 1), ValueError, "step_size"),
 ]
 
 
@@ -158,6 +343,48 @@ CASES = [
 def test_bad_input_raises_naming_the_argument(call, error, word):
     with pytest.raises(error, match=rf"\b{word}\b"):
         call()
+
+
+#: which public module a case exercises, from the first of these names its call uses
+MODULE_OF = {
+    "cli": "cli", "fit": "train", "TrainConfig": "train", "load_checkpoint": "train", "ONE_STEP": "train",
+    "sampling": "sampling", "losses": "losses", "likelihood": "likelihood", "metrics": "metrics", "viz": "viz",
+    "datasets": "datasets", "noise": "noise", "MIX": "distributions", "GaussianMixture": "distributions",
+    "VP": "sde", "VESDE": "sde", "VPSDE": "sde", "SubVPSDE": "sde", "OUSDE": "sde",
+    "ScoreMLP": "nets", "EnergyMLP": "nets", "EMA": "nets", "UNet": "nets", "UNetConfig": "nets", "TINY_UNET": "nets",
+    "ImageClassifier": "nets", "FourierFeatures": "nets", "widgets": "widgets",
+}  # fmt: skip
+#: besides ValueError/TypeError, the documented kinds: a checkpoint's own error, and a missing file
+DOCUMENTED = (ValueError, TypeError, CheckpointError, FileNotFoundError)
+
+
+def _outcome(call, error, word) -> str:
+    try:
+        call()
+    except DOCUMENTED as err:
+        if isinstance(err, error) and re.search(rf"\b{word}\b", str(err)):
+            return "clear"
+        return "misleading"
+    except Exception:
+        return "from inside a dependency"
+    return "accepted silently"
+
+
+def test_fuzz_table_every_malformed_call_gets_a_clear_error(capsys):
+    """The whole table at once, counted by module and printed: the goal is every call clear, none accepted."""
+    rows = Counter()
+    for call, error, word in CASES:
+        module = next(MODULE_OF[n] for n in call.__code__.co_names if n in MODULE_OF)
+        rows[module, _outcome(call, error, word)] += 1
+    modules = sorted({m for m, _ in rows})
+    kinds = ["clear", "misleading", "from inside a dependency", "accepted silently"]
+    lines = [f"{'module':14s}" + "".join(f"{k:>26s}" for k in kinds)]
+    lines += [f"{m:14s}" + "".join(f"{rows[m, k]:>26d}" for k in kinds) for m in modules]
+    lines.append(f"{'all ' + str(len(CASES)):14s}" + "".join(f"{sum(rows[m, k] for m in modules):>26d}" for k in kinds))
+    with capsys.disabled():  # printed in every run, not only on failure
+        print("\nmalformed calls by outcome\n" + "\n".join(lines))
+    assert len(CASES) >= 150 and len(modules) == 13  # every public module
+    assert sum(rows[m, "clear"] for m in modules) == len(CASES), "\n".join(lines)
 
 
 def test_networks_take_float64_and_keep_its_dtype():

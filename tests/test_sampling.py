@@ -8,7 +8,7 @@ import torch
 from scipy import optimize
 from scipy.stats import norm
 
-from scorelab import GaussianMixture, noise, sampling
+from scorelab import VPSDE, GaussianMixture, noise, sampling
 from scorelab.datasets import far_apart_mixture, ring_mixture
 
 S2 = 0.8  # target variance of the 1-D-per-coordinate Gaussian tests
@@ -211,3 +211,57 @@ def test_langevin_step_size_minimises_the_worst_ratio_error():
         worst = [(noise.variance_ratio(a * 1e-4, sigmas, T) - 1).abs().max().item() for a in a_grid]
         assert abs(step.ratio - 1) <= min(worst) + 1e-6
         assert step.ratio > 1  # exactly 1 is not attainable
+
+
+# --- divergence: never NaN without an error (issue 14) ------------------------------------------------------------
+
+
+def _nan_below(t_bad: float):
+    """A time-conditional score that turns NaN below t_bad (as a network can near t = 0)."""
+
+    def score(x, t):
+        return torch.where((t < t_bad).reshape(-1, *[1] * (x.ndim - 1)), torch.full_like(x, math.nan), -x)
+
+    return score
+
+
+def test_ode_sample_and_log_prob_raise_instead_of_returning_nan():
+    from scorelab.likelihood import log_prob
+    from scorelab.sampling import DivergenceError
+
+    sde, x = VPSDE(), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(DivergenceError, match="euler.*n_steps=10"):
+        sampling.ode_sample(_nan_below(0.5), sde, x, method="euler", n_steps=10)
+    with pytest.raises(DivergenceError, match="dopri5"):  # the adaptive solver's step underflows, or its result is NaN
+        sampling.ode_sample(_nan_below(0.5), sde, x)
+    with pytest.raises(DivergenceError):
+        log_prob(_nan_below(0.5), sde, x, method="euler", n_steps=10)
+    with pytest.raises(DivergenceError, match="prior"):
+        log_prob(lambda y, t: -y, sde, x, method="euler", n_steps=2, prior_log_prob=lambda y: torch.full((len(y),), -math.inf))
+    assert isinstance(DivergenceError("x"), ValueError)  # caught like the samplers' other errors
+
+
+def test_torchdiffeq_underflow_becomes_a_clear_error():
+    from scorelab.sampling import DivergenceError
+
+    stiff = lambda x, t: -1e12 * x * (t < 0.5).reshape(-1, 1)  # noqa: E731
+    with pytest.raises(DivergenceError, match="gave up|non-finite"):
+        sampling.ode_sample(stiff, VPSDE(), torch.randn(4, 2), rtol=1e-9, atol=1e-9)
+
+
+def test_pc_sample_checks_its_final_step_and_names_its_own_arguments():
+    from scorelab.sampling import DivergenceError
+
+    sde, x = VPSDE(), torch.randn(4, 2)
+    with pytest.raises(DivergenceError, match="denoising"):  # NaN only at t = eps, where the Tweedie step evaluates
+        sampling.pc_sample(_nan_below(2e-3), sde, x, 2, corrector=None, eps=1e-3)
+    with pytest.raises(DivergenceError, match=r"snr.*n_steps=3") as info:
+        sampling.pc_sample(lambda y, t: 1e300 * y, sde, x.double(), 3, generator=0)
+    assert "step_size" not in str(info.value)  # pc_sample has no step_size to reduce
+
+
+def test_mala_warns_when_nothing_was_accepted():
+    narrow = lambda x: -1e8 * (x**2).sum(1)  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="accepted none.*reduce step_size"):
+        _, rate = sampling.mala(narrow, torch.ones(4, 2), 1.0, 3, generator=0)
+    assert rate == 0
