@@ -437,12 +437,15 @@ def integrate_ode(
     else:
         options = {"step_t": torch.tensor([t_end], dtype=torch.float64)}
 
+    hint = f"tighten rtol/atol (now {rtol:g}/{atol:g})" if n_steps is None else f"take more steps (n_steps={n_steps})"
+
     def guarded(t, y):
+        if not torch.isfinite(t):  # an adaptive solver whose error estimate went NaN proposes a NaN time
+            raise DivergenceError(f"the ODE solver ({method}) proposed t = {t.item()}: the field became non-finite; {hint}, or raise eps")
         return func(t.clamp(lo, hi), y)
 
     ref = y0[0] if isinstance(y0, tuple) else y0
     times = torch.linspace(t_start, t_end, n_saved, dtype=ref.dtype, device=ref.device)
-    hint = f"tighten rtol/atol (now {rtol:g}/{atol:g})" if n_steps is None else f"take more steps (n_steps={n_steps})"
     try:
         solution = odeint(guarded, y0, times, method=method, rtol=rtol, atol=atol, options=options)
     except AssertionError as err:  # torchdiffeq's "underflow in dt": the adaptive step shrank to nothing

@@ -8,7 +8,7 @@ import torch
 from scipy import optimize
 from scipy.stats import norm
 
-from scorelab import VPSDE, GaussianMixture, noise, sampling
+from scorelab import VESDE, VPSDE, GaussianMixture, noise, sampling
 from scorelab.datasets import far_apart_mixture, ring_mixture
 
 S2 = 0.8  # target variance of the 1-D-per-coordinate Gaussian tests
@@ -265,3 +265,55 @@ def test_mala_warns_when_nothing_was_accepted():
     with pytest.warns(RuntimeWarning, match="accepted none.*reduce step_size"):
         _, rate = sampling.mala(narrow, torch.ones(4, 2), 1.0, 3, generator=0)
     assert rate == 0
+
+
+def _nan_score(x, *args):
+    return torch.full_like(x, math.nan)
+
+
+def _huge_score(x, *args):
+    return 1e300 * torch.sign(x) * x.abs().clamp_min(1.0)  # finite, but overflows float64 within a step or two
+
+
+def _divergence_cases():
+    from scorelab.likelihood import bits_per_dim, log_prob
+
+    sde, ve = VPSDE(), VESDE(0.01, 10.0)
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    nan_lp = lambda y: torch.full((len(y),), math.nan, dtype=y.dtype) + y.sum(1)  # noqa: E731
+    huge_lp = lambda y: 1e300 * (y**2).sum(1)  # noqa: E731
+    runs = {
+        "langevin": lambda s: sampling.langevin(s, x, 0.1, 5, generator=0),
+        "annealed_langevin": lambda s: sampling.annealed_langevin(s, x, [1.0, 0.1], 0.1, 3, generator=0),
+        "pc euler_maruyama": lambda s: sampling.pc_sample(s, sde, x, 3, predictor="euler_maruyama", generator=0),
+        "pc reverse_diffusion": lambda s: sampling.pc_sample(s, sde, x, 3, generator=0),
+        "pc ancestral (VE)": lambda s: sampling.pc_sample(s, ve, x, 3, predictor="ancestral", corrector=None, generator=0),
+        "pc corrector only": lambda s: sampling.pc_sample(s, sde, x, 3, predictor=None, generator=0),
+        "ode dopri5": lambda s: sampling.ode_sample(s, sde, x),
+        "ode euler": lambda s: sampling.ode_sample(s, sde, x, method="euler", n_steps=3),
+        "ode rk4": lambda s: sampling.ode_sample(s, sde, x, method="rk4", n_steps=3),
+        "log_prob exact": lambda s: log_prob(s, sde, x, method="euler", n_steps=3),
+        "log_prob hutchinson": lambda s: log_prob(s, sde, x, divergence="hutchinson", method="euler", n_steps=3, generator=0),
+        "bits_per_dim": lambda s: bits_per_dim(s, sde, torch.randint(0, 256, (4, 2)), method="euler", n_steps=3),
+    }
+    cases = [
+        (f"{name}, {kind}", run, score) for name, run in runs.items() for kind, score in (("NaN", _nan_score), ("overflow", _huge_score))
+    ]
+    cases += [
+        (f"mala, {kind}", lambda lp: sampling.mala(lp, x, 0.1, 3, generator=0), lp) for kind, lp in (("NaN", nan_lp), ("overflow", huge_lp))
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("name, run, bad", _divergence_cases(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_sampler_and_likelihood_raises_instead_of_returning_nan(name, run, bad):
+    """26 divergence cases: a NaN or an overflowing score (log-density for MALA) in every sampler and likelihood."""
+    from scorelab.sampling import DivergenceError
+
+    try:
+        out = run(bad)
+    except DivergenceError:
+        return
+    outputs = out if isinstance(out, tuple) else (out,)
+    tensors = [o for o in outputs if isinstance(o, torch.Tensor)]
+    assert all(torch.isfinite(t).all() for t in tensors), f"{name}: returned non-finite values without an error"
