@@ -114,8 +114,9 @@ def save_checkpoint(state: dict, path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Read a checkpoint with `torch.load(weights_only=True)`; raise `CheckpointError` with the reason."""
+def load_checkpoint(path, map_location="cpu", required=()) -> dict:
+    """Read a checkpoint with `torch.load(weights_only=True)`; raise `CheckpointError` with the reason: not a torch
+    file, truncated, holding code, not tagged as a scorelab checkpoint, or lacking one of the `required` keys."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -136,6 +137,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a scorelab checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is a scorelab checkpoint but lacks {', '.join(missing)}: written by another tool or version?")
     return state
 
 
@@ -318,10 +322,7 @@ def fit(
         if rank == 0:
             _remove_stale_temporaries(path)
         if path.is_file():
-            state = load_checkpoint(path)
-            missing = [k for k in CHECKPOINT_KEYS if k not in state]
-            if missing:
-                raise CheckpointError(f"{path} is not a checkpoint written by fit: it lacks {', '.join(missing)}")
+            state = load_checkpoint(path, required=CHECKPOINT_KEYS)
             if int(state["world_size"]) != world:
                 raise CheckpointError(
                     f"{path} was written by {int(state['world_size'])} processes, this run has {world}: resume with as many"

@@ -313,6 +313,7 @@ CASES = [
     (lambda: load_checkpoint(RANDOM_FILE), CheckpointError, "not a torch checkpoint"),
     (lambda: load_checkpoint(ARCHLESS_CHECKPOINT, map_location="cuda:99"), ValueError, "map_location"),
     (lambda: load_checkpoint(EMPTY_DIR / "absent.pt"), FileNotFoundError, "checkpoint"),
+    (lambda: load_checkpoint(ARCHLESS_CHECKPOINT, required=("model", "optimizer")), CheckpointError, "optimizer"),
     # the command line's configuration
     (lambda: cli.RunConfig(dataset="svhn"), ValueError, "dataset"),
     (lambda: cli.RunConfig(sde="edm"), ValueError, "sde"),
