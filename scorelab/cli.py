@@ -356,6 +356,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `scorelab` console script. Returns 0, or 2 with a one-line reason for a wrong call."""
     p = parser()
@@ -366,10 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         (train_command if args.command == "train" else sample_command)(args)
+        if _distributed():  # every rank done before any tears the group down (gloo can abort a process that exits mid-way)
+            torch.distributed.barrier()
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:  # CheckpointError is a ValueError
         print(f"scorelab {args.command}: error: {err}", file=sys.stderr)
         return 2
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if _distributed():
             torch.distributed.destroy_process_group()
     return 0

@@ -46,6 +46,7 @@ def main(out: Path) -> None:
     results["straight"] = (fit(model, dsm_loss, data(), longer), model.state_dict())
     if torch.distributed.get_rank() == 0:
         torch.save(results, out / "result.pt")
+    torch.distributed.barrier()  # as `scorelab` does: no rank tears the group down while another still uses it
     torch.distributed.destroy_process_group()
 
 

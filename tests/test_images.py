@@ -457,7 +457,8 @@ def test_python_dash_m_scorelab_is_the_same_command():
 
 def _torchrun(*args) -> None:
     """`torchrun --standalone --nproc_per_node=2 ARGS` with quiet progress bars; fails with the processes' output."""
-    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    # faulthandler: should a process abort (SIGABRT from C++), its Python stack is printed with the output below
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
