@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ._checks import as_generator, check_callable, check_device, check_int, check_memory, check_positive, check_tensor
@@ -19,8 +20,8 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 def _as_float_tensor(name: str, value, dtype, device) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(value, device=device)
+    try:  # Python numbers go through numpy's float64, not torch's float32 default, so dtype=float64 keeps every digit
+        t = torch.as_tensor(value if isinstance(value, torch.Tensor) else np.asarray(value), device=device)
     except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(f"{name} must be array-like numbers: {err}") from None
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
@@ -83,6 +84,9 @@ class GaussianMixture:
         # Sigma_k = U_k diag(lambda_k) U_k^T: then scale^2 Sigma_k + std^2 I = U_k diag(scale^2 lambda_k + std^2) U_k^T
         # for any per-sample (scale, std), so noised scores need no per-sample inverse
         self._eigvals, self._eigvecs = torch.linalg.eigh(covs)
+        # diagonal (or isotropic) covariances: shared-noise scores need no D x D matrices at all
+        variances = covs.diagonal(dim1=-2, dim2=-1)
+        self._diagonal_variances = variances if bool((covs == torch.diag_embed(variances)).all()) else None
 
     # -- basic properties -------------------------------------------------
     @property
@@ -201,6 +205,8 @@ class GaussianMixture:
         precision, y_k = R_k^T (x - scale mu_k) and the score is -sum_k p(k|x) R_k y_k. Blocks sit
         side by side, so the sums over each block's D entries are products with a 0/1 selector.
         """
+        if self._diagonal_variances is not None:
+            return self._diagonal_affine_score(x, scale, std)
         D, K = self.dim, self.n_components
         variances = scale**2 * self._eigvals + std**2  # (K, D)
         R = self._eigvecs * variances.rsqrt()[:, None, :]  # (K, D, D)
@@ -211,6 +217,18 @@ class GaussianMixture:
         log_comp = (self.weights.log() - 0.5 * variances.log().sum(-1)) - 0.5 * (y.square() @ select)
         resp = torch.softmax(log_comp, dim=1)
         return -(((resp @ select.T) * y) @ R_cat.T)
+
+    def _diagonal_affine_score(self, x: torch.Tensor, scale: float, std: float) -> torch.Tensor:
+        """`_shared_affine_score` for diagonal covariances, elementwise on `(n, K, D)`: with v_k = scale^2 diag(Sigma_k)
+        + std^2 and y_k = (x - scale mu_k) / sqrt(v_k), the score is -sum_k p(k|x) y_k / sqrt(v_k)."""
+        variances = scale**2 * self._diagonal_variances + std**2  # (K, D)
+        inv_std = variances.rsqrt()
+        y = (x[:, None, :] - scale * self.means) * inv_std
+        log_comp = (self.weights.log() - 0.5 * variances.log().sum(-1)) - 0.5 * y.square().sum(-1)
+        log_comp = log_comp - log_comp.amax(1, keepdim=True)  # a softmax over K by hand: torch's is slow for small K
+        resp = log_comp.exp_()
+        resp = resp.div_(resp.sum(1, keepdim=True))
+        return -(resp[..., None] * y * inv_std).sum(1)
 
     def condition(self, mask, values) -> GaussianMixture:
         r"""The exact conditional law of the unknown coordinates given x[mask] = values: a mixture again.

@@ -166,3 +166,19 @@ def test_dtype_and_shape_handling():
     img = GaussianMixture([1.0], torch.zeros(1, 4), [1.0])
     x = torch.randn(5, 1, 2, 2)
     torch.testing.assert_close(img.score(x), -x)
+
+
+@pytest.mark.parametrize("D, K", [(1, 2), (2, 8), (5, 3)])
+def test_diagonal_fast_path_equals_the_whitened_and_per_sample_paths(D, K):
+    """Diagonal covariances take an elementwise path for shared-noise scores: the same numbers as the whitened path
+    that full covariances take, and as the per-sample (eigenbasis) path."""
+    g = torch.Generator().manual_seed(D)
+    mix = GaussianMixture(torch.full((K,), 1 / K), torch.randn(K, D, generator=g, dtype=torch.float64), 0.2 + torch.rand(K, D, generator=g))
+    assert mix._diagonal_variances is not None
+    assert GaussianMixture([1.0], [[0.0, 0.0]], [[[1.0, 0.5], [0.5, 1.0]]])._diagonal_variances is None
+    x = 2 * torch.randn(500, D, generator=g, dtype=torch.float64)
+    fast = mix._shared_affine_score(x, 0.7, 0.4)
+    per_sample = mix._affine_score(x, torch.full((500,), 0.7, dtype=torch.float64), torch.full((500,), 0.4, dtype=torch.float64))
+    mix._diagonal_variances = None
+    torch.testing.assert_close(fast, mix._shared_affine_score(x, 0.7, 0.4), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast, per_sample, rtol=1e-10, atol=1e-12)
