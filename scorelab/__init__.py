@@ -1,12 +1,12 @@
 """scorelab: score-based generative modelling, taught by experiment against exact answers.
 
 Public names are re-exported here; submodules hold the rest:
-`datasets`, `distributions`, `likelihood`, `losses`, `metrics`, `nets`, `noise`, `sampling`, `sde`,
+`bounds`, `datasets`, `distributions`, `likelihood`, `losses`, `metrics`, `nets`, `noise`, `sampling`, `sde`,
 `train`, `viz`, `cli` (the `scorelab train` / `scorelab sample` commands, imported on demand), and
 `widgets` (imported on demand: it needs ipywidgets).
 """
 
-from . import datasets, distributions, likelihood, losses, metrics, nets, noise, sampling, sde, train, viz
+from . import bounds, datasets, distributions, likelihood, losses, metrics, nets, noise, sampling, sde, train, viz
 from .distributions import GaussianMixture, banana_energy, score_from_energy
 from .nets import EMA, EnergyMLP, FourierFeatures, ScoreMLP, UNet, UNetConfig
 from .sde import OUSDE, SDE, VESDE, VPSDE, SubVPSDE
@@ -30,6 +30,7 @@ __all__ = [
     "UNet",
     "UNetConfig",
     "banana_energy",
+    "bounds",
     "datasets",
     "distributions",
     "fit",

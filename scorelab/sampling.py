@@ -16,9 +16,11 @@ Song & Ermon 2020, "Improved techniques", Alg. 1). Song & Ermon 2019, Alg. 1 wri
 x <- x + (alpha/2) s + sqrt(alpha) z: the same chain with alpha = 2 eps.
 
 The reverse-time SDE samplers (`pc_sample`) and the probability-flow ODE (`ode_sample`) follow
-Song et al. 2021; their callbacks carry the forward time `t` instead of `sigma`.
+Song et al. 2021; their callbacks carry the forward time `t` instead of `sigma`, as does
+`exponential_integrator`, the discretisation of the reverse OU SDE that Chen et al. 2023 analyse.
 
-Introduced in lessons 03 (`langevin`, `mala`), 04 (`annealed_langevin`) and 05 (`pc_sample`, `ode_sample`).
+Introduced in lessons 03 (`langevin`, `mala`), 04 (`annealed_langevin`), 05 (`pc_sample`, `ode_sample`)
+and 06 (`exponential_integrator`).
 """
 
 from __future__ import annotations
@@ -399,6 +401,68 @@ def pc_sample(
                     "near t = eps; raise eps or pass denoise=False"
                 )
     return x if mask is None else torch.where(mask, known, x)
+
+
+def _steps_of(T, h) -> int:
+    """The number of steps N = T / h, which must be a whole number (to a relative 1e-6)."""
+    T = check_positive("T", T, allow_tensor=False)
+    h = check_positive("h", h, allow_tensor=False)
+    if h > T:
+        raise ValueError(f"h must be at most T, got h={h} > T={T}")
+    n = round(T / h)
+    if abs(T / h - n) > 1e-6 * n:
+        raise ValueError(f"T / h must be a whole number of steps, got T={T}, h={h} (T / h = {T / h:.6g}): choose h = T / N")
+    return n
+
+
+def exponential_integrator(
+    score: Callable,
+    x: torch.Tensor,
+    T: float,
+    h: float,
+    *,
+    generator=None,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    r"""The exponential-integrator discretisation of the reverse OU SDE (Chen et al. 2023, Sec. 2).
+
+    The forward process is dX = -X dt + sqrt(2) dB (`sde.OUSDE`), so the reverse one is
+    dY = [Y + 2 \nabla log q_{T-s}(Y)] ds + sqrt(2) dB. On each step [kh, (k+1)h] the score is frozen at
+    s_{T-kh}(Y_{kh}) and the linear part is integrated exactly:
+
+        Y <- e^h Y + 2 (e^h - 1) s + sqrt(e^{2h} - 1) z,   z ~ N(0, I),
+
+    N = T / h steps from Y_0 = `x`, which should be a sample of the OU prior N(0, I). The score is called at
+    forward times T, T - h, ..., h, never at 0.
+
+    Args:
+        score: `(x, t) -> s(x, t)` with `t` a `(batch,)` tensor of forward times, e.g.
+            `GaussianMixture.marginal_score(OUSDE(T))`.
+        x: `(batch, *dims)` start samples. T: the horizon, > 0. h: the step, 0 < h <= T with T / h whole.
+    Returns:
+        Y_T, of x's shape. `callback` gets `{"x", "i", "t"}` after every step, `t` = T - (i + 1) h.
+    Introduced in lesson 06.
+    """
+    check_callable("score", score)
+    check_tensor("x", x, min_dim=2)
+    _check_callback(callback)
+    n_steps = _steps_of(T, h)
+    score = checked_score(score)
+    generator = as_generator(generator, x.device)
+    growth, drift_scale, noise_scale = math.exp(h), 2 * math.expm1(h), math.sqrt(math.expm1(2 * h))
+    x = x.detach().clone()
+    with torch.no_grad():
+        for i in range(n_steps):
+            t = T - i * h
+            x = growth * x + drift_scale * score(x, _time_batch(t, x)) + noise_scale * _randn_like(x, generator)
+            if not torch.isfinite(x).all():
+                raise DivergenceError(
+                    f"exponential_integrator's particles became non-finite at step {i} (t={t:.4g}): "
+                    f"the score is not finite or too large there; take smaller steps (h={h})"
+                )
+            if callback is not None:
+                callback({"x": x, "i": i, "t": T - (i + 1) * h})
+    return x
 
 
 # --- probability-flow ODE -----------------------------------------------------------------------------------

@@ -1,0 +1,213 @@
+r"""The TV bound of Chen et al. 2023 made measurable: its constants, a score with a chosen error, exact Gaussian laws.
+
+For the OU forward process dX = -X dt + sqrt(2) dB (`sde.OUSDE`) started at data q, the exponential integrator
+(`sampling.exponential_integrator`) with step h and horizon T = N h, started from N(0, I_d), satisfies
+
+    TV(p_T, q) <~ sqrt(KL(q || N(0, I))) e^{-T} + (L sqrt(d h) + L m_2 h) sqrt(T) + eps sqrt(T)
+
+under (A1) grad log q_t is L-Lipschitz for every t, (A2) E_q ||X||^2 = m_2^2 < inf, (A3) the score error
+(1/N) sum_k E_{q_{kh}} ||s_{kh} - grad log q_{kh}||^2 <= eps^2 (Chen et al. 2023, Thm. 2; Zhang, lecture 19).
+This module computes L, m_2^2 and the KL for Gaussian mixtures, builds scores whose error is exactly eps, and gives
+the integrator's output law in closed form when q is Gaussian (where the scheme is linear). Introduced in lesson 06.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ._checks import as_generator, check_bounds, check_callable, check_int, check_positive
+from .distributions import GaussianMixture
+from .metrics import Estimate, _quadrature_nodes
+from .sampling import _steps_of
+
+
+def _check_mixture(dist) -> GaussianMixture:
+    if not isinstance(dist, GaussianMixture):
+        raise TypeError(f"dist must be a GaussianMixture, got {type(dist).__name__}")
+    return dist.to(dtype=torch.float64)
+
+
+def second_moment(dist: GaussianMixture) -> float:
+    r"""m_2^2 = E_q ||X||^2 = \sum_k w_k (||\mu_k||^2 + tr \Sigma_k), exactly (assumption A2)."""
+    dist = _check_mixture(dist)
+    traces = dist.covs.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return float((dist.weights * ((dist.means**2).sum(-1) + traces)).sum())
+
+
+def _mass_bounds(dist: GaussianMixture, n_std: float) -> tuple[float, float]:
+    """An interval holding every component's mass to `n_std` standard deviations in every coordinate."""
+    std = dist.covs.diagonal(dim1=-2, dim2=-1).sqrt()
+    return float((dist.means - n_std * std).min()), float((dist.means + n_std * std).max())
+
+
+def kl_to_standard_normal(dist: GaussianMixture, bounds=None, cells: int = 200) -> float:
+    r"""KL(q || N(0, I)) = \int q log(q / \gamma) for a 1-D or 2-D mixture q, by Gauss-Legendre quadrature.
+
+    `cells`^D cells over bounds^D (default: every component's mean +- 12 standard deviations), 8^D nodes each:
+    the integrand is smooth and negligible outside, so the error is far below 1e-8 for the mixtures of lesson 06
+    (the tests compare with `metrics.kl_monte_carlo`). The e^{-T} term of the bound is sqrt(KL) e^{-T}.
+    """
+    dist = _check_mixture(dist)
+    if dist.dim not in (1, 2):
+        raise ValueError(f"kl_to_standard_normal integrates in 1-D or 2-D, got a mixture in D={dist.dim}: use metrics.kl_monte_carlo")
+    lo, hi = check_bounds(bounds) if bounds is not None else _mass_bounds(dist, 12.0)
+    check_int("cells", cells, minimum=1)
+    points, weights = _quadrature_nodes(lo, hi, cells, dist.dim)
+    log_q = dist.log_prob(points)
+    log_gamma = -0.5 * (points**2).sum(1) - 0.5 * dist.dim * math.log(2 * math.pi)
+    return float((weights * log_q.exp() * (log_q - log_gamma)).sum())
+
+
+def _mixture_hessian(dist: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
+    r"""\nabla^2 log q(x), `(n, D, D)`: -\sum_k r_k P_k + \sum_k r_k (s_k - s)(s_k - s)^T, with P_k the precisions,
+    r_k = p(k | x), s_k = -P_k (x - \mu_k) the component scores and s = \sum_k r_k s_k the score."""
+    log_comp, prec_diff = dist._component_terms(x)
+    resp = torch.softmax(log_comp, dim=1)  # (n, K)
+    centred = -prec_diff + torch.einsum("nk,nkd->nd", resp, prec_diff)[:, None, :]  # s_k - s
+    return -torch.einsum("nk,kde->nde", resp, dist._precisions) + torch.einsum("nk,nkd,nke->nde", resp, centred, centred)
+
+
+def score_lipschitz(dist: GaussianMixture, sde, bounds=None, n_grid: int = 201, n_times: int = 60) -> float:
+    r"""L = sup_t sup_x ||\nabla^2 log q_t(x)||_op for the marginals q_t of the linear `sde` started at `dist` (A1).
+
+    Method: the Hessian in closed form (`_mixture_hessian`), its largest absolute eigenvalue, maximised over a
+    grid of `n_grid`^D points in bounds^D (default: every component's mean +- 6 standard deviations) and over
+    t = 0 and `n_times` geometrically spaced times in [1e-3, T]. For one Gaussian the Hessian does not depend
+    on x and the result is exact: max over t of 1 / lambda_min(Sigma_t). For a mixture it is a grid maximum,
+    so a lower estimate of the supremum that converges as the grid is refined (D <= 2 only).
+    """
+    dist = _check_mixture(dist)
+    if dist.dim not in (1, 2):
+        raise ValueError(f"score_lipschitz searches a grid in 1-D or 2-D, got a mixture in D={dist.dim}")
+    lo, hi = check_bounds(bounds) if bounds is not None else _mass_bounds(dist, 6.0)
+    check_int("n_grid", n_grid, minimum=2)
+    check_int("n_times", n_times, minimum=1)
+    axis = torch.linspace(lo, hi, n_grid, dtype=torch.float64)
+    x = torch.cartesian_prod(*[axis] * dist.dim).reshape(-1, dist.dim)
+    times = [0.0, *np.geomspace(1e-3, sde.T, n_times).tolist()]
+    return max(torch.linalg.eigvalsh(_mixture_hessian(dist.marginal(sde, t), x)).abs().max().item() for t in times)
+
+
+class _SineField:
+    r"""v_j(x) = sin(\omega_j . x + \phi_j), j = 1..D, with E_{q_t} ||v||^2 in closed form for the mixture's marginals.
+
+    For X ~ N(m, S): E sin^2(\omega . X + \phi) = (1 - cos(2 \omega . m + 2 \phi) e^{-2 \omega^T S \omega}) / 2.
+    """
+
+    def __init__(self, dist: GaussianMixture, frequency: float, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        D = dist.dim
+        self.omega = frequency * torch.randn(D, D, generator=g, dtype=torch.float64)  # row j: omega_j
+        self.phase = 2 * math.pi * torch.rand(D, generator=g, dtype=torch.float64)
+        self.weights = dist.weights
+        self.omega_mu = dist.means @ self.omega.T  # (K, D): omega_j . mu_k
+        self.omega_cov_omega = torch.einsum("jd,kde,je->kj", self.omega, dist.covs, self.omega)  # (K, D)
+        self.omega_sq = (self.omega**2).sum(1)  # (D,)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x @ self.omega.T + self.phase)
+
+    def mean_square(self, mean_scale: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """E ||v(X_t)||^2 with X_t = mean_scale X_0 + std Z, X_0 ~ q, for `(n,)` coefficients; `(n,)`."""
+        a, s = mean_scale[:, None, None], std[:, None, None]
+        variance = a**2 * self.omega_cov_omega + s**2 * self.omega_sq  # (n, K, D): omega_j^T S_k(t) omega_j
+        cosine = torch.cos(2 * a * self.omega_mu + 2 * self.phase) * torch.exp(-2 * variance)
+        return (self.weights[:, None] * 0.5 * (1 - cosine)).sum((1, 2))
+
+
+def perturbed_score(dist: GaussianMixture, sde, epsilon: float, *, frequency: float = 1.0, seed: int = 0) -> Callable:
+    r"""s(x, t) = \nabla log q_t(x) + epsilon u(x, t): the exact marginal score with an error of L^2(q_t) norm exactly epsilon.
+
+    u(x, t) = v(x) / sqrt(E_{q_t} ||v||^2) with the smooth field v_j(x) = sin(\omega_j . x + \phi_j) (frequencies
+    \omega_j ~ N(0, frequency^2 I) and phases fixed by `seed`); the normaliser is computed in closed form for every t,
+    so E_{q_t} ||s(X, t) - \nabla log q_t(X)||^2 = epsilon^2 at every t and assumption A3 holds with exactly epsilon.
+    `sde` is a linear SDE (`OUSDE` for lesson 06); the result is a `score(x, t)` like `dist.marginal_score(sde)`.
+    """
+    dist64 = _check_mixture(dist)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+    frequency = check_positive("frequency", frequency, allow_tensor=False)
+    check_int("seed", seed, minimum=0)
+    exact, field = dist.marginal_score(sde), _SineField(dist64, frequency, seed)
+
+    def score(x: torch.Tensor, t) -> torch.Tensor:
+        s = exact(x, t)
+        if epsilon == 0:
+            return s
+        flat = x.reshape(len(x), -1).to(torch.float64)
+        mean_scale, std = (torch.as_tensor(c, dtype=torch.float64).expand(len(x)) for c in sde.marginal_coeffs(t))
+        u = field(flat) / field.mean_square(mean_scale, std).sqrt()[:, None]
+        return s + (epsilon * u).reshape(x.shape).to(s.dtype)
+
+    return score
+
+
+def score_error(score: Callable, dist: GaussianMixture, sde, times, n: int = 10_000, generator=None) -> Estimate:
+    r"""eps = sqrt((1/N) \sum_k E_{q_{t_k}} ||s(X, t_k) - \nabla log q_{t_k}(X)||^2) over `times`, with its standard error.
+
+    The score error of assumption A3, measured by Monte Carlo with `n` samples of each marginal q_t (exact, from
+    `dist.marginal(sde, t)`); the standard error follows from that of eps^2 by the delta method. For a learned
+    network: pass the times at which the integrator will call it, T, T - h, ..., h.
+    """
+    check_callable("score", score)
+    dist = _check_mixture(dist)
+    check_int("n", n, minimum=2)
+    times = [float(t) for t in torch.as_tensor(times, dtype=torch.float64).reshape(-1)]
+    if not times:
+        raise ValueError("times must hold at least one time")
+    generator = as_generator(generator)
+    exact = dist.marginal_score(sde)
+    squares = []
+    for t in times:
+        x = dist.marginal(sde, t).sample(n, generator=generator)
+        t_batch = torch.full((n,), t, dtype=torch.float64)
+        with torch.no_grad():
+            diff = score(x.to(torch.get_default_dtype()), t_batch.to(torch.get_default_dtype())).double() - exact(x, t_batch)
+        squares.append((diff**2).reshape(n, -1).sum(1))
+    per_sample = torch.stack(squares).mean(0)  # the average over times, per sample index
+    mean_square = per_sample.mean().item()
+    value = math.sqrt(mean_square)
+    se = (per_sample.std() / math.sqrt(n)).item() / (2 * value) if value > 0 else 0.0
+    return Estimate(value, se)
+
+
+def gaussian_integrator_law(mean, var, T: float, h: float) -> tuple[np.ndarray, np.ndarray]:
+    r"""The exact output law N(M, diag V) of `sampling.exponential_integrator` with the exact score of q = N(mean, diag var).
+
+    q_t = N(m_t, v_t) per coordinate with m_t = e^{-t} mean, v_t = e^{-2t} var + 1 - e^{-2t}, so each step
+    Y <- e^h Y - 2 (e^h - 1) (Y - m_t) / v_t + sqrt(e^{2h} - 1) z is linear-Gaussian: with a = e^h - 2 (e^h - 1) / v_t,
+    M <- a M + 2 (e^h - 1) m_t / v_t and V <- a^2 V + e^{2h} - 1, from M = 0, V = 1 (the N(0, I) start). No sampling
+    noise: `metrics.gaussian_tv` and `metrics.gaussian_kl` then give the scheme's TV and KL to q exactly.
+    Returns `(M, V)` as float64 arrays of mean's shape.
+    """
+    n_steps = _steps_of(T, h)
+    mean, var = np.broadcast_arrays(np.atleast_1d(np.asarray(mean, dtype=np.float64)), np.asarray(var, dtype=np.float64))
+    if not (np.isfinite(mean).all() and np.isfinite(var).all() and (var > 0).all()):
+        raise ValueError(f"mean must be finite and var positive and finite, got {mean} and {var}")
+    M, V = np.zeros_like(mean), np.ones_like(var)
+    growth, noise = math.expm1(h), math.expm1(2 * h)
+    for i in range(n_steps):
+        t = T - i * h
+        m_t, v_t = math.exp(-t) * mean, math.exp(-2 * t) * var - math.expm1(-2 * t)
+        a = 1 + growth - 2 * growth / v_t
+        M, V = a * M + 2 * growth * m_t / v_t, a**2 * V + noise
+    return M, V
+
+
+def bound_terms(kl: float, L: float, m2: float, d: int, T, h, epsilon) -> dict[str, np.ndarray]:
+    r"""The three terms of the bound with every hidden constant set to 1, for arrays of T, h, epsilon:
+    `init` = sqrt(KL) e^{-T}, `discretisation` = (L sqrt(d h) + L m_2 h) sqrt(T), `score` = epsilon sqrt(T).
+
+    Only their shapes in T, h, epsilon and d are the theorem's claim; `init / sqrt(2)` is moreover a true bound on
+    the TV that starting from N(0, I) instead of q_T costs (Pinsker, the OU log-Sobolev inequality, data processing).
+    """
+    T, h, epsilon = (np.asarray(v, dtype=np.float64) for v in (T, h, epsilon))
+    return {
+        "init": math.sqrt(kl) * np.exp(-T),
+        "discretisation": (L * np.sqrt(d * h) + L * m2 * h) * np.sqrt(T),
+        "score": epsilon * np.sqrt(T),
+    }
