@@ -21,7 +21,7 @@ import torch
 
 from ._checks import as_generator, check_bounds, check_callable, check_int, check_positive
 from .distributions import GaussianMixture
-from .metrics import Estimate, _quadrature_nodes
+from .metrics import Estimate, kl_quadrature
 from .sampling import _steps_of
 
 
@@ -36,6 +36,11 @@ def second_moment(dist: GaussianMixture) -> float:
     dist = _check_mixture(dist)
     traces = dist.covs.diagonal(dim1=-2, dim2=-1).sum(-1)
     return float((dist.weights * ((dist.means**2).sum(-1) + traces)).sum())
+
+
+def standard_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, I) of `(n, D)` points, `(n,)`: the OU prior gamma^d."""
+    return -0.5 * (x**2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
 
 
 def _mass_bounds(dist: GaussianMixture, n_std: float) -> tuple[float, float]:
@@ -56,10 +61,7 @@ def kl_to_standard_normal(dist: GaussianMixture, bounds=None, cells: int = 200) 
         raise ValueError(f"kl_to_standard_normal integrates in 1-D or 2-D, got a mixture in D={dist.dim}: use metrics.kl_monte_carlo")
     lo, hi = check_bounds(bounds) if bounds is not None else _mass_bounds(dist, 12.0)
     check_int("cells", cells, minimum=1)
-    points, weights = _quadrature_nodes(lo, hi, cells, dist.dim)
-    log_q = dist.log_prob(points)
-    log_gamma = -0.5 * (points**2).sum(1) - 0.5 * dist.dim * math.log(2 * math.pi)
-    return float((weights * log_q.exp() * (log_q - log_gamma)).sum())
+    return kl_quadrature(dist.log_prob, standard_normal_log_prob, dist.dim, (lo, hi), cells)
 
 
 def _mixture_hessian(dist: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
@@ -139,8 +141,9 @@ def perturbed_score(dist: GaussianMixture, sde, epsilon: float, *, frequency: fl
         if epsilon == 0:
             return s
         flat = x.reshape(len(x), -1).to(torch.float64)
-        mean_scale, std = (torch.as_tensor(c, dtype=torch.float64).expand(len(x)) for c in sde.marginal_coeffs(t))
-        u = field(flat) / field.mean_square(mean_scale, std).sqrt()[:, None]
+        times, index = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(len(x)).unique(return_inverse=True)
+        mean_scale, std = (c.to(torch.float64) for c in sde.marginal_coeffs(times))  # once per distinct time
+        u = field(flat) / field.mean_square(mean_scale, std).sqrt()[index, None]
         return s + (epsilon * u).reshape(x.shape).to(s.dtype)
 
     return score

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._checks import check_bounds, check_callable, check_int, check_output, check_tensor
+from ._checks import check_bounds, check_callable, check_choice, check_int, check_output, check_tensor
 from .distributions import GaussianMixture
 
 
@@ -317,3 +317,35 @@ def gaussian_tv(mean_p, var_p, mean_q, var_q) -> float:
         return 0.0
     tv = _prob_log_ratio_positive(a, u, b, v, a, u) - _prob_log_ratio_positive(a, u, b, v, b, v)
     return float(min(max(tv, 0.0), 1.0))
+
+
+def _quadrature(p_log_prob, q_log_prob, dim: int, bounds, cells: int):
+    """log p and log q at the Gauss-Legendre nodes of `_quadrature_nodes` over bounds^dim, and the weights."""
+    check_callable("p_log_prob", p_log_prob)
+    check_callable("q_log_prob", q_log_prob)
+    check_choice("dim", dim, (1, 2))
+    lo, hi = check_bounds(bounds)
+    check_int("cells", cells, minimum=1)
+    points, weights = _quadrature_nodes(lo, hi, cells, dim)
+    with torch.no_grad():
+        log_p = check_output("p_log_prob", p_log_prob(points), (len(points),)).double()
+        log_q = check_output("q_log_prob", q_log_prob(points), (len(points),)).double()
+    return log_p, log_q, weights
+
+
+def tv_quadrature(p_log_prob, q_log_prob, dim: int, bounds, cells: int = 2000) -> float:
+    r"""TV(p, q) = 1/2 \int |p - q| over bounds^dim for two known 1-D or 2-D densities, by Gauss-Legendre quadrature.
+
+    `cells`^dim cells with 8^dim nodes each; mass outside the box is ignored (choose bounds that hold both laws). The
+    kinks of |p - q| where the densities cross limit the accuracy to about (cell width)^2 times the density there:
+    ~1e-6 with the default in 1-D on laws of unit scale. Noise-free where `tv_grid` has a floor (lesson 06).
+    """
+    log_p, log_q, weights = _quadrature(p_log_prob, q_log_prob, dim, bounds, cells)
+    return float(0.5 * (weights * (log_p.exp() - log_q.exp()).abs()).sum())
+
+
+def kl_quadrature(p_log_prob, q_log_prob, dim: int, bounds, cells: int = 200) -> float:
+    r"""KL(p || q) = \int p log(p / q) over bounds^dim for two known 1-D or 2-D densities, by Gauss-Legendre quadrature
+    (`cells`^dim cells, 8^dim nodes each; smooth integrand, so far more accurate than `tv_quadrature`). Lesson 06."""
+    log_p, log_q, weights = _quadrature(p_log_prob, q_log_prob, dim, bounds, cells)
+    return float((weights * log_p.exp() * (log_p - log_q)).sum())

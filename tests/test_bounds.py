@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from scorelab import OUSDE, GaussianMixture, bounds, sampling
+from scorelab import OUSDE, GaussianMixture, bounds, metrics, sampling
 from scorelab.metrics import _mixture_masses, gaussian_kl, gaussian_tv, kl_monte_carlo, tv_grid, tv_monte_carlo
 
 MIX_1D = GaussianMixture([0.3, 0.7], [[-2.0], [1.5]], [0.25, 0.5], dtype=torch.float64)
@@ -229,3 +229,24 @@ def test_1d_cell_masses_match_the_normal_cdf_and_an_exact_sampler_sits_at_the_fl
     assert abs(tvs.mean() - results[0].floor) < 0.05 * results[0].floor
     shifted = tv_grid(MIX_1D.sample(5000, generator=0) + 0.2, MIX_1D, bounds=(-5, 5), bins=40)
     assert shifted.tv > shifted.floor + 10 * shifted.spread
+
+
+def test_quadrature_tv_and_kl_of_two_gaussians_equal_the_closed_forms():
+    p, q = _Normal(0.3, 0.5), _Normal(-1.0, 2.0)
+    assert metrics.tv_quadrature(p.log_prob, q.log_prob, 1, (-15, 15)) == pytest.approx(_tv_1d_by_crossings(0.3, 0.5, -1.0, 2.0), abs=1e-6)
+    assert metrics.kl_quadrature(p.log_prob, q.log_prob, 1, (-15, 15)) == pytest.approx(gaussian_kl(0.3, 0.5, -1.0, 2.0), abs=1e-10)
+    p2, q2 = _Normal([0.3, 0.0], [0.5, 1.0]), _Normal([0.0, 0.4], 1.0)
+    assert metrics.kl_quadrature(p2.log_prob, q2.log_prob, 2, (-12, 12), cells=60) == pytest.approx(
+        gaussian_kl([0.3, 0.0], [0.5, 1.0], [0.0, 0.4], 1.0), abs=1e-10
+    )
+    with pytest.raises(ValueError, match="dim"):
+        metrics.tv_quadrature(p.log_prob, q.log_prob, 3, (-1, 1))
+
+
+def test_perturbed_score_with_a_different_time_per_sample():
+    sde = OUSDE(4.0)
+    score = bounds.perturbed_score(MIX_1D, sde, 0.5)
+    x = torch.linspace(-3, 3, 6, dtype=torch.float64)[:, None]
+    t = torch.tensor([0.0, 0.5, 0.5, 2.0, 0.0, 4.0], dtype=torch.float64)
+    one_by_one = torch.cat([score(x[i : i + 1], t[i : i + 1]) for i in range(6)])
+    torch.testing.assert_close(score(x, t), one_by_one)
