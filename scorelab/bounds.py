@@ -141,7 +141,11 @@ def perturbed_score(dist: GaussianMixture, sde, epsilon: float, *, frequency: fl
         if epsilon == 0:
             return s
         flat = x.reshape(len(x), -1).to(torch.float64)
-        times, index = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(len(x)).unique(return_inverse=True)
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(len(x))
+        if bool((t == t[0]).all()):  # one time for the batch (every sampler step): one normaliser
+            times, index = t[:1], torch.zeros(len(x), dtype=torch.long)
+        else:
+            times, index = t.unique(return_inverse=True)
         mean_scale, std = (c.to(torch.float64) for c in sde.marginal_coeffs(times))  # once per distinct time
         u = field(flat) / field.mean_square(mean_scale, std).sqrt()[index, None]
         return s + (epsilon * u).reshape(x.shape).to(s.dtype)

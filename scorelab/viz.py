@@ -42,6 +42,21 @@ def subplots(n_cols: int = 1, n_rows: int = 1, size: float = 3.4, **kwargs):
     return fig, (axes[0, 0] if axes.size == 1 else axes.squeeze())
 
 
+def log_ticks(ax, x=None, y=None) -> None:
+    """On log axes, ticks at the given values labelled as plain numbers (0.05, not 5x10^-2) and no minor labels:
+    the values a sweep ran at are what the reader looks for (lesson 06)."""
+    from matplotlib.ticker import NullFormatter
+
+    for axis, values in ((ax.xaxis, x), (ax.yaxis, y)):
+        if values is None:
+            continue
+        values = [float(v) for v in np.ravel(values)]
+        if not values or not all(np.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f"tick values must be positive numbers for a log axis, got {values}")
+        axis.set_ticks(values, [f"{v:g}" for v in values])
+        axis.set_minor_formatter(NullFormatter())
+
+
 def grid(bounds=(-8.0, 8.0), resolution: int = 100, dtype=None) -> tuple[torch.Tensor, np.ndarray]:
     """Points of a resolution x resolution grid over bounds^2 as an `(r*r, 2)` tensor, and the 1-D axis."""
     lo, hi = check_bounds(bounds)

@@ -25,6 +25,7 @@ from scorelab import (
     TrainConfig,
     UNet,
     UNetConfig,
+    bounds,
     cli,
     datasets,
     fit,
@@ -334,6 +335,26 @@ CASES = [
     (lambda: widgets().SDEExplorer(n_particles=0), ValueError, "n_particles"),
     (lambda: widgets().SDEExplorer(n_paths=2.5), TypeError, "n_paths"),
     (lambda: widgets().figure_png("figure"), TypeError, "fig"),
+    # lesson 06: the exponential integrator, exact and Monte-Carlo distances, the bound's constants
+    (lambda: sampling.exponential_integrator(time_score, X, 1.0, 0.3), ValueError, "h"),
+    (lambda: sampling.exponential_integrator(time_score, X, -1.0, 0.1), ValueError, "T"),
+    (lambda: sampling.exponential_integrator(lambda x, t: x[:, :1], X, 1.0, 0.5), ValueError, "score"),
+    (lambda: sampling.exponential_integrator(time_score, torch.randn(4), 1.0, 0.5), ValueError, "x"),
+    (lambda: metrics.tv_monte_carlo(MIX.log_prob, "q", X), TypeError, "q_log_prob"),
+    (lambda: metrics.tv_monte_carlo(MIX.log_prob, lambda x: x, X), ValueError, "q_log_prob"),
+    (lambda: metrics.kl_monte_carlo(MIX.log_prob, MIX.log_prob, X[:1]), ValueError, "samples_from_p"),
+    (lambda: metrics.gaussian_tv([0.0, 1.0], 1.0, [0.0, 0.0, 0.0], 1.0), ValueError, "dimension"),
+    (lambda: metrics.gaussian_kl(0.0, 0.0, 0.0, 1.0), ValueError, "var"),
+    (lambda: metrics.tv_quadrature(MIX.log_prob, MIX.log_prob, 3, (-1, 1)), ValueError, "dim"),
+    (lambda: metrics.kl_quadrature(MIX.log_prob, MIX.log_prob, 2, (1, -1)), ValueError, "bounds"),
+    (lambda: bounds.perturbed_score(MIX, OUSDE(), -0.1), ValueError, "epsilon"),
+    (lambda: bounds.perturbed_score(MIX, OUSDE(), 0.1, frequency=0), ValueError, "frequency"),
+    (lambda: bounds.second_moment("mixture"), TypeError, "dist"),
+    (lambda: bounds.score_lipschitz(MIX, OUSDE(), n_grid=1), ValueError, "n_grid"),
+    (lambda: bounds.kl_to_standard_normal(MIX, cells=0), ValueError, "cells"),
+    (lambda: bounds.score_error(lambda x, t: x, MIX, OUSDE(), []), ValueError, "times"),
+    (lambda: bounds.gaussian_integrator_law(0.0, -1.0, 1.0, 0.1), ValueError, "var"),
+    (lambda: viz.log_ticks(viz.subplots()[1], x=[0.0, 1.0]), ValueError, "values"),
     # noise
     (lambda: noise.sigma_max_from_data(X, block=0), ValueError, "block"),
     (lambda: noise.variance_ratio(0.0, [1.0, 0.5], 1), ValueError, "step_size"),
@@ -353,7 +374,7 @@ MODULE_OF = {
     "datasets": "datasets", "noise": "noise", "MIX": "distributions", "GaussianMixture": "distributions",
     "VP": "sde", "VESDE": "sde", "VPSDE": "sde", "SubVPSDE": "sde", "OUSDE": "sde",
     "ScoreMLP": "nets", "EnergyMLP": "nets", "EMA": "nets", "UNet": "nets", "UNetConfig": "nets", "TINY_UNET": "nets",
-    "ImageClassifier": "nets", "FourierFeatures": "nets", "widgets": "widgets",
+    "ImageClassifier": "nets", "FourierFeatures": "nets", "widgets": "widgets", "bounds": "bounds",
 }  # fmt: skip
 #: besides ValueError/TypeError, the documented kinds: a checkpoint's own error, and a missing file
 DOCUMENTED = (ValueError, TypeError, CheckpointError, FileNotFoundError)
@@ -384,7 +405,7 @@ def test_fuzz_table_every_malformed_call_gets_a_clear_error(capsys):
     lines.append(f"{'all ' + str(len(CASES)):14s}" + "".join(f"{sum(rows[m, k] for m in modules):>26d}" for k in kinds))
     with capsys.disabled():  # printed in every run, not only on failure
         print("\nmalformed calls by outcome\n" + "\n".join(lines))
-    assert len(CASES) >= 150 and len(modules) == 13  # every public module
+    assert len(CASES) >= 150 and len(modules) == 14  # every public module
     assert sum(rows[m, "clear"] for m in modules) == len(CASES), "\n".join(lines)
 
 
