@@ -225,9 +225,9 @@ class GaussianMixture:
         inv_std = variances.rsqrt()
         y = (x[:, None, :] - scale * self.means) * inv_std
         log_comp = (self.weights.log() - 0.5 * variances.log().sum(-1)) - 0.5 * y.square().sum(-1)
-        log_comp = log_comp - log_comp.amax(1, keepdim=True)  # a softmax over K by hand: torch's is slow for small K
-        resp = log_comp.exp_()
-        resp = resp.div_(resp.sum(1, keepdim=True))
+        # a softmax over K by hand (torch's is slow for small K); out of place, so autograd can differentiate the score
+        resp = (log_comp - log_comp.amax(1, keepdim=True)).exp()
+        resp = resp / resp.sum(1, keepdim=True)
         return -(resp[..., None] * y * inv_std).sum(1)
 
     def condition(self, mask, values) -> GaussianMixture:

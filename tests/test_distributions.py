@@ -179,6 +179,8 @@ def test_diagonal_fast_path_equals_the_whitened_and_per_sample_paths(D, K):
     x = 2 * torch.randn(500, D, generator=g, dtype=torch.float64)
     fast = mix._shared_affine_score(x, 0.7, 0.4)
     per_sample = mix._affine_score(x, torch.full((500,), 0.7, dtype=torch.float64), torch.full((500,), 0.4, dtype=torch.float64))
+    # differentiable (the ODE likelihood takes the divergence of this score by autograd)
+    assert torch.autograd.gradcheck(lambda v: mix._shared_affine_score(v, 0.7, 0.4), x[:3].clone().requires_grad_())
     mix._diagonal_variances = None
     torch.testing.assert_close(fast, mix._shared_affine_score(x, 0.7, 0.4), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fast, per_sample, rtol=1e-10, atol=1e-12)
