@@ -169,11 +169,18 @@ def test_dtype_and_shape_handling():
 
 
 @pytest.mark.parametrize("D, K", [(1, 2), (2, 8), (5, 3)])
-def test_diagonal_fast_path_equals_the_whitened_and_per_sample_paths(D, K):
-    """Diagonal covariances take an elementwise path for shared-noise scores: the same numbers as the whitened path
-    that full covariances take, and as the per-sample (eigenbasis) path."""
+@pytest.mark.parametrize("structure", ["diagonal", "isotropic", "isotropic, equal"])
+def test_fast_paths_equal_the_whitened_and_per_sample_paths(D, K, structure):
+    """Isotropic and diagonal covariances take their own shared-noise score paths (a matrix product and a softmax; an
+    elementwise one): the same numbers as the whitened path that full covariances take, and as the per-sample path."""
     g = torch.Generator().manual_seed(D)
-    mix = GaussianMixture(torch.full((K,), 1 / K), torch.randn(K, D, generator=g, dtype=torch.float64), 0.2 + torch.rand(K, D, generator=g))
+    variances = {
+        "diagonal": 0.2 + torch.rand(K, D, generator=g),
+        "isotropic": 0.2 + torch.rand(K, generator=g),
+        "isotropic, equal": torch.full((K,), 0.7),
+    }[structure]
+    mix = GaussianMixture(torch.full((K,), 1 / K), torch.randn(K, D, generator=g, dtype=torch.float64), variances)
+    assert (mix._isotropic_variances is not None) == structure.startswith("isotropic") or D == 1
     assert mix._diagonal_variances is not None
     assert GaussianMixture([1.0], [[0.0, 0.0]], [[[1.0, 0.5], [0.5, 1.0]]])._diagonal_variances is None
     x = 2 * torch.randn(500, D, generator=g, dtype=torch.float64)
@@ -181,6 +188,6 @@ def test_diagonal_fast_path_equals_the_whitened_and_per_sample_paths(D, K):
     per_sample = mix._affine_score(x, torch.full((500,), 0.7, dtype=torch.float64), torch.full((500,), 0.4, dtype=torch.float64))
     # differentiable (the ODE likelihood takes the divergence of this score by autograd)
     assert torch.autograd.gradcheck(lambda v: mix._shared_affine_score(v, 0.7, 0.4), x[:3].clone().requires_grad_())
-    mix._diagonal_variances = None
+    mix._isotropic_variances = mix._diagonal_variances = None  # force the whitened path
     torch.testing.assert_close(fast, mix._shared_affine_score(x, 0.7, 0.4), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fast, per_sample, rtol=1e-10, atol=1e-12)
