@@ -1,15 +1,41 @@
-"""Timing helper shared by the benchmarks (run as `python bench/NAME.py`, so this folder is on sys.path)."""
+"""Timing helpers shared by the benchmarks (run as `python bench/NAME.py`, so this folder is on sys.path)."""
 
 from __future__ import annotations
 
+import statistics
 import time
 
 
 def best_of(fn, repeats: int = 3) -> float:
     """The fastest of `repeats` wall-clock timings of `fn()`, in seconds (the least disturbed run)."""
-    times = []
+    return min(timings(fn, repeats))
+
+
+def timings(fn, repeats: int = 5) -> list[float]:
+    """`repeats` wall-clock timings of `fn()` in seconds, after one untimed warm-up call."""
+    fn()
+    out = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def interleaved(fns: dict, repeats: int = 5) -> dict[str, list[float]]:
+    """Timings of several callables taken in turns (a, b, c, a, b, c, ...), so a slow spell of the machine
+    hits all of them alike: the fair way to measure a ratio. One untimed warm-up call each first."""
+    for fn in fns.values():
+        fn()
+    out = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - start)
+    return out
+
+
+def median_and_spread(values: list[float]) -> str:
+    """`median [min-max]` of a list of numbers, three significant digits."""
+    return f"{statistics.median(values):.3g} [{min(values):.3g}-{max(values):.3g}]"

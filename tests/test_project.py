@@ -125,7 +125,8 @@ def test_notebook_runner_writes_executed_copy_and_html(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "script, args", [("sampling.py", ["--particles", "200", "--levels", "2", "--steps", "3"]), ("likelihood.py", ["--points", "20"])]
+    "script, args",
+    [("sampling.py", ["--particles", "200", "--levels", "2", "--steps", "3", "--repeats", "2"]), ("likelihood.py", ["--points", "20"])],
 )
 def test_benchmarks_run_and_report_a_ratio(script, args):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=300)
