@@ -6,11 +6,6 @@ import statistics
 import time
 
 
-def best_of(fn, repeats: int = 3) -> float:
-    """The fastest of `repeats` wall-clock timings of `fn()`, in seconds (the least disturbed run)."""
-    return min(timings(fn, repeats))
-
-
 def timings(fn, repeats: int = 5) -> list[float]:
     """`repeats` wall-clock timings of `fn()` in seconds, after one untimed warm-up call."""
     fn()
