@@ -6,17 +6,6 @@ import statistics
 import time
 
 
-def timings(fn, repeats: int = 5) -> list[float]:
-    """`repeats` wall-clock timings of `fn()` in seconds, after one untimed warm-up call."""
-    fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
 def interleaved(fns: dict, repeats: int = 5) -> dict[str, list[float]]:
     """Timings of several callables taken in turns (a, b, c, a, b, c, ...), so a slow spell of the machine
     hits all of them alike: the fair way to measure a ratio. One untimed warm-up call each first."""
