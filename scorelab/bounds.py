@@ -23,6 +23,7 @@ from ._checks import as_generator, check_bounds, check_callable, check_int, chec
 from .distributions import GaussianMixture
 from .metrics import Estimate, kl_quadrature
 from .sampling import _steps_of
+from .sde import OUSDE
 
 
 def _check_mixture(dist) -> GaussianMixture:
@@ -36,11 +37,6 @@ def second_moment(dist: GaussianMixture) -> float:
     dist = _check_mixture(dist)
     traces = dist.covs.diagonal(dim1=-2, dim2=-1).sum(-1)
     return float((dist.weights * ((dist.means**2).sum(-1) + traces)).sum())
-
-
-def standard_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
-    """log N(x; 0, I) of `(n, D)` points, `(n,)`: the OU prior gamma^d."""
-    return -0.5 * (x**2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
 
 
 def _mass_bounds(dist: GaussianMixture, n_std: float) -> tuple[float, float]:
@@ -61,7 +57,7 @@ def kl_to_standard_normal(dist: GaussianMixture, bounds=None, cells: int = 200) 
         raise ValueError(f"kl_to_standard_normal integrates in 1-D or 2-D, got a mixture in D={dist.dim}: use metrics.kl_monte_carlo")
     lo, hi = check_bounds(bounds) if bounds is not None else _mass_bounds(dist, 12.0)
     check_int("cells", cells, minimum=1)
-    return kl_quadrature(dist.log_prob, standard_normal_log_prob, dist.dim, (lo, hi), cells)
+    return kl_quadrature(dist.log_prob, OUSDE().prior_log_prob, dist.dim, (lo, hi), cells)  # log N(x; 0, I)
 
 
 def _mixture_hessian(dist: GaussianMixture, x: torch.Tensor) -> torch.Tensor:

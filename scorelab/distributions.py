@@ -96,6 +96,7 @@ class GaussianMixture:
         self._diagonal_variances = variances if bool((covs == torch.diag_embed(variances)).all()) else None
         isotropic = self._diagonal_variances is not None and bool((variances == variances[:, :1]).all())
         self._isotropic_variances = variances[:, 0] if isotropic else None
+        self._equal_variances = isotropic and bool((variances == variances[0, 0]).all())
 
     # -- basic properties -------------------------------------------------
     @property
@@ -175,7 +176,7 @@ class GaussianMixture:
         """
 
         def score(x: torch.Tensor, t) -> torch.Tensor:
-            mean_scale, std = sde.marginal_coeffs(sde.check_time(t))
+            mean_scale, std = sde.marginal_coeffs(t)  # which checks t's range (SDE._time)
             return self._score_of_affine(x, mean_scale, std)
 
         return score
@@ -237,7 +238,7 @@ class GaussianMixture:
         m = scale * self.means
         bias = self.weights.log() + 0.5 * self.dim * inv_v.log() - 0.5 * (m**2).sum(1) * inv_v
         logits = torch.addmm(bias, x, (m * inv_v[:, None]).T)
-        if bool((inv_v != inv_v[0]).any()):  # with equal variances |x|^2 / (2 v) is common to all k: softmax drops it
+        if not self._equal_variances:  # with equal variances |x|^2 / (2 v) is common to all k: softmax drops it
             logits = logits - 0.5 * (x**2).sum(1, keepdim=True) * inv_v
         r = _softmax_rows(logits) * inv_v
         return r @ m - r.sum(1, keepdim=True) * x

@@ -100,10 +100,11 @@ def log_prob(
     x_T, integral = integrate_ode(
         augmented, (x.detach(), zero), eps, sde.T, method=method, rtol=rtol, atol=atol, n_steps=n_steps, interval=(eps, sde.T)
     )
-    out = check_output("prior_log_prob", prior_log_prob(x_T), x.shape[:1]) + integral
+    prior = check_output("prior_log_prob", prior_log_prob(x_T), x.shape[:1])
+    out = prior + integral
     if not torch.isfinite(out).all():
         raise DivergenceError(
-            f"log_prob became non-finite: the prior gave {prior_log_prob(x_T).min().item():.3g} at x(T); pass the exact "
+            f"log_prob became non-finite: the prior gave {prior.min().item():.3g} at x(T); pass the exact "
             "prior_log_prob, or check that x lies where the model has mass"
         )
     return (out, nfe) if return_nfe else out

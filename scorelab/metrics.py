@@ -210,17 +210,22 @@ def class_frequencies(labels: torch.Tensor, n_classes: int) -> tuple[np.ndarray,
 # --- distances between two known densities (lesson 06) ------------------------------------------------------
 
 
-def _log_ratio(p_log_prob, q_log_prob, samples_from_p: torch.Tensor) -> torch.Tensor:
-    """log q(x) - log p(x) at the samples, in float64, each callable's output checked to be `(n,)`."""
+def _two_log_probs(p_log_prob, q_log_prob, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p and log q at `points`, in float64, each callable checked and its output checked to be `(n,)`."""
     check_callable("p_log_prob", p_log_prob)
     check_callable("q_log_prob", q_log_prob)
-    check_tensor("samples_from_p", samples_from_p, min_dim=2)
-    n = len(samples_from_p)
-    if n < 2:
-        raise ValueError(f"samples_from_p needs at least 2 samples, got {n}")
     with torch.no_grad():
-        log_p = check_output("p_log_prob", p_log_prob(samples_from_p), (n,)).double()
-        log_q = check_output("q_log_prob", q_log_prob(samples_from_p), (n,)).double()
+        log_p = check_output("p_log_prob", p_log_prob(points), points.shape[:1]).double()
+        log_q = check_output("q_log_prob", q_log_prob(points), points.shape[:1]).double()
+    return log_p, log_q
+
+
+def _log_ratio(p_log_prob, q_log_prob, samples_from_p: torch.Tensor) -> torch.Tensor:
+    """log q(x) - log p(x) at the samples of p."""
+    check_tensor("samples_from_p", samples_from_p, min_dim=2)
+    if len(samples_from_p) < 2:
+        raise ValueError(f"samples_from_p needs at least 2 samples, got {len(samples_from_p)}")
+    log_p, log_q = _two_log_probs(p_log_prob, q_log_prob, samples_from_p)
     if not torch.isfinite(log_p).all():
         raise ValueError("p_log_prob is not finite at some samples_from_p: are they samples of p?")
     return log_q - log_p
@@ -321,16 +326,11 @@ def gaussian_tv(mean_p, var_p, mean_q, var_q) -> float:
 
 def _quadrature(p_log_prob, q_log_prob, dim: int, bounds, cells: int):
     """log p and log q at the Gauss-Legendre nodes of `_quadrature_nodes` over bounds^dim, and the weights."""
-    check_callable("p_log_prob", p_log_prob)
-    check_callable("q_log_prob", q_log_prob)
     check_choice("dim", dim, (1, 2))
     lo, hi = check_bounds(bounds)
     check_int("cells", cells, minimum=1)
     points, weights = _quadrature_nodes(lo, hi, cells, dim)
-    with torch.no_grad():
-        log_p = check_output("p_log_prob", p_log_prob(points), (len(points),)).double()
-        log_q = check_output("q_log_prob", q_log_prob(points), (len(points),)).double()
-    return log_p, log_q, weights
+    return (*_two_log_probs(p_log_prob, q_log_prob, points), weights)
 
 
 def tv_quadrature(p_log_prob, q_log_prob, dim: int, bounds, cells: int = 2000) -> float:
