@@ -1,14 +1,14 @@
 """scorelab: score-based generative modelling, taught by experiment against exact answers.
 
 Public names are re-exported here; submodules hold the rest:
-`bounds`, `datasets`, `distributions`, `likelihood`, `losses`, `metrics`, `nets`, `noise`, `sampling`, `sde`,
+`bounds`, `datasets`, `distributions`, `guidance`, `likelihood`, `losses`, `metrics`, `nets`, `noise`, `sampling`, `sde`,
 `train`, `viz`, `cli` (the `scorelab train` / `scorelab sample` commands, imported on demand), and
 `widgets` (imported on demand: it needs ipywidgets).
 """
 
-from . import bounds, datasets, distributions, likelihood, losses, metrics, nets, noise, sampling, sde, train, viz
+from . import bounds, datasets, distributions, guidance, likelihood, losses, metrics, nets, noise, sampling, sde, train, viz
 from .distributions import GaussianMixture, banana_energy, score_from_energy
-from .nets import EMA, EnergyMLP, FourierFeatures, ScoreMLP, UNet, UNetConfig
+from .nets import EMA, ClassifierMLP, EnergyMLP, FourierFeatures, ScoreMLP, UNet, UNetConfig
 from .sde import OUSDE, SDE, VESDE, VPSDE, SubVPSDE
 from .train import CheckpointError, TrainConfig, fit, load_checkpoint, save_checkpoint
 
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "ClassifierMLP",
     "EMA",
     "EnergyMLP",
     "FourierFeatures",
@@ -34,6 +35,7 @@ __all__ = [
     "datasets",
     "distributions",
     "fit",
+    "guidance",
     "likelihood",
     "load_checkpoint",
     "losses",

@@ -104,6 +104,25 @@ def check_per_sample(name: str, value, batch: int, like: torch.Tensor) -> torch.
     return value.reshape(batch)
 
 
+def check_labels(name: str, y, batch: int, n_classes: int, allow_null: bool = False) -> torch.Tensor:
+    """Class labels as a `(batch,)` int64 tensor: an int for all, or one per sample, in 0..n_classes-1 (and -1, "no
+    label", when `allow_null`)."""
+    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
+        raise TypeError(f"{name} must be an int class label or a tensor of them, got {type(y).__name__}")
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    y = y.reshape(-1).long()
+    if y.numel() == 1:
+        y = y.expand(batch)
+    if y.shape != (batch,):
+        raise ValueError(f"{name} must be one label or one per sample ({batch},), got {y.numel()} labels")
+    low = -1 if allow_null else 0
+    if len(y) and (y.min() < low or y.max() >= n_classes):
+        raise ValueError(f"{name} must lie in {low}..{n_classes - 1}, got {y.min().item()}..{y.max().item()}")
+    return y
+
+
 def check_output(name: str, value, shape) -> torch.Tensor:
     """`value`, returned by the user's callable `name`, must be a tensor of `shape`: never a silent broadcast."""
     if not isinstance(value, torch.Tensor) or value.shape != shape:

@@ -14,7 +14,17 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._checks import as_generator, check_callable, check_device, check_int, check_memory, check_positive, check_tensor
+from ._checks import (
+    as_generator,
+    check_bounds,
+    check_callable,
+    check_device,
+    check_int,
+    check_memory,
+    check_output,
+    check_positive,
+    check_tensor,
+)
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -47,6 +57,10 @@ class GaussianMixture:
         means: `(K, D)`.
         covs: full `(K, D, D)` symmetric positive definite, diagonal variances `(K, D)`,
             or isotropic variances `(K,)`.
+        labels: optional `(K,)` integer class of each component, every class 0..C-1 used at least once; a
+            class may own several components. Default: each component its own class. Every transformation
+            (`affine`, `marginal`, `condition`, `posterior`, `to`) keeps them, so the exact noisy classifier
+            p_t(y | x) exists at every t (`marginal_class_log_prob`, lesson 07).
         dtype, device: default to those of `means` when it is a floating tensor,
             else `torch.get_default_dtype()` on the CPU.
 
@@ -54,7 +68,7 @@ class GaussianMixture:
     Introduced in lesson 01 (`lessons/01_score_functions.ipynb`).
     """
 
-    def __init__(self, weights, means, covs, *, dtype=None, device=None):
+    def __init__(self, weights, means, covs, *, labels=None, dtype=None, device=None):
         if dtype is None:
             dtype = means.dtype if isinstance(means, torch.Tensor) and means.is_floating_point() else torch.get_default_dtype()
         if device is None:
@@ -81,6 +95,7 @@ class GaussianMixture:
             chol = None
         if chol is None or not torch.isfinite(chol).all():
             raise ValueError("covs must be symmetric positive definite (Cholesky failed)")
+        self.labels = _check_labels(labels, K, device)
         self.weights = weights / weights.sum()
         self.means = means
         self.covs = covs
@@ -104,6 +119,10 @@ class GaussianMixture:
         return self.means.shape[0]
 
     @property
+    def n_classes(self) -> int:
+        return int(self.labels.max()) + 1
+
+    @property
     def dim(self) -> int:
         return self.means.shape[1]
 
@@ -117,10 +136,12 @@ class GaussianMixture:
 
     def to(self, dtype=None, device=None) -> GaussianMixture:
         """The same mixture in another dtype and/or on another device."""
-        return GaussianMixture(self.weights, self.means, self.covs, dtype=dtype or self.dtype, device=device or self.device)
+        return GaussianMixture(
+            self.weights, self.means, self.covs, labels=self.labels, dtype=dtype or self.dtype, device=device or self.device
+        )
 
     def __repr__(self) -> str:
-        return f"GaussianMixture(K={self.n_components}, D={self.dim}, dtype={self.dtype}, device={self.device})"
+        return f"GaussianMixture(K={self.n_components}, D={self.dim}, classes={self.n_classes}, dtype={self.dtype}, device={self.device})"
 
     # -- exact quantities ---------------------------------------------------
     def _flatten(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,12 +220,18 @@ class GaussianMixture:
             score = self._affine_score(flat, per_sample(scale), per_sample(std))
         return score.reshape(x.shape).to(x.dtype)
 
-    def _affine_score(self, x: torch.Tensor, scale: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """Score of the law of scale * X + std * Z at x `(n, D)`, with per-sample `scale`, `std` of shape `(n,)`."""
+    def _affine_components(self, x: torch.Tensor, scale: torch.Tensor, std: torch.Tensor):
+        """For the law of scale * X + std * Z with per-sample `scale`, `std` `(n,)`: each component's log w_k N(x; .)
+        without the 2 pi term `(n, K)`, and U_k^T (x - scale mu_k) / lambda'_k `(n, K, D)` (eigen-coordinates)."""
         variances = scale[:, None, None] ** 2 * self._eigvals + std[:, None, None] ** 2  # (n, K, D)
         coords = torch.einsum("kdj,nkd->nkj", self._eigvecs, x[:, None, :] - scale[:, None, None] * self.means)  # U^T (x - m)
         scaled = coords / variances
         log_comp = self.weights.log() - 0.5 * (variances.log().sum(-1) + (coords * scaled).sum(-1))
+        return log_comp, scaled
+
+    def _affine_score(self, x: torch.Tensor, scale: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """Score of the law of scale * X + std * Z at x `(n, D)`, with per-sample `scale`, `std` of shape `(n,)`."""
+        log_comp, scaled = self._affine_components(x, scale, std)
         resp = _softmax_rows(log_comp)
         return -torch.einsum("kdj,nkj->nd", self._eigvecs, resp[..., None] * scaled)
 
@@ -276,16 +303,116 @@ class GaussianMixture:
         gain = torch.linalg.solve(cov_oo, cov_uo.transpose(1, 2)).transpose(1, 2)  # Sigma_uo Sigma_oo^{-1}
         means = self.means[:, u] + (gain @ (values - self.means[:, o])[..., None]).squeeze(-1)
         covs = self.covs[:, u][:, :, u] - gain @ cov_uo.transpose(1, 2)
-        return GaussianMixture(log_w.exp(), means, 0.5 * (covs + covs.transpose(1, 2)))
+        return GaussianMixture(log_w.exp(), means, 0.5 * (covs + covs.transpose(1, 2)), labels=self.labels)
 
     def sample(self, n: int, generator=None) -> torch.Tensor:
         """`n` independent samples, shape `(n, D)`; `generator` is a `torch.Generator` or an int seed."""
+        return self._draw(n, generator)[0]
+
+    def sample_labelled(self, n: int, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` samples and their classes: `(x (n, D), y (n,) int64)`; x is what `sample` draws from the same seed."""
+        x, k = self._draw(n, generator)
+        return x, self.labels[k]
+
+    def _draw(self, n: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
         check_int("n", n, minimum=1)
         check_memory("n", n, 3 * self.dim * self.means.element_size())
         generator = as_generator(generator, self.device)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, 1, generator=generator, dtype=self.dtype, device=self.device)
-        return self.means[k] + (self._chol[k] @ z).squeeze(-1)
+        return self.means[k] + (self._chol[k] @ z).squeeze(-1), k
+
+    # -- classes: Bayes' rule for labels (lesson 07) ----------------------
+    def _check_class(self, y) -> int:
+        if isinstance(y, bool) or not isinstance(y, (int, np.integer)) or not 0 <= y < self.n_classes:
+            raise ValueError(f"y must be a class label, an int in 0..{self.n_classes - 1}, got {y!r}")
+        return int(y)
+
+    def class_mixture(self, y: int) -> GaussianMixture:
+        """p(x | y): the components of class `y`, their weights renormalised; a mixture again, of one class (label 0)."""
+        own = self.labels == self._check_class(y)
+        weights = self.weights[own] / self.weights[own].sum()
+        return GaussianMixture(weights, self.means[own], self.covs[own], labels=torch.zeros_like(self.labels[own]))
+
+    def class_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(y | x) for every class, shape `(n, C)`: the responsibilities summed over each class's components."""
+        log_comp, _ = self._component_terms(self._flatten(x))
+        return self._class_log_softmax(log_comp)
+
+    def _class_log_softmax(self, log_comp: torch.Tensor) -> torch.Tensor:
+        log_resp = torch.log_softmax(log_comp, dim=1)
+        if self.n_classes == self.n_components and bool((self.labels == torch.arange(self.n_components, device=self.device)).all()):
+            return log_resp
+        own = self.labels[:, None] == torch.arange(self.n_classes, device=self.device)  # (K, C)
+        return torch.logsumexp(log_resp[:, :, None].masked_fill(~own, -math.inf), dim=1)
+
+    def marginal_class_log_prob(self, sde):
+        r"""The exact noisy classifier log p_t(y | x) of the marginals of `sde`, as `classifier(x, t) -> (n, C)`.
+
+        x_t is a mixture with the same weights and labels, so p_t(y | x) = \sum_{k in y} p_t(k | x): the Bayes
+        classifier of noisy data, differentiable in x (its gradient is what classifier guidance adds, lesson 07).
+        """
+
+        def classifier(x: torch.Tensor, t) -> torch.Tensor:
+            flat = self._flatten(x)
+            mean_scale, std = sde.marginal_coeffs(t)
+            per_sample = lambda v: torch.as_tensor(v, dtype=self.dtype, device=self.device).reshape(-1).expand(len(flat))
+            log_comp, _ = self._affine_components(flat, per_sample(mean_scale), per_sample(std))
+            return self._class_log_softmax(log_comp)
+
+        return classifier
+
+    def posterior(self, A, y, noise_std: float) -> GaussianMixture:
+        r"""The exact posterior p(x | y) of this mixture prior under y = A x + n, n ~ N(0, noise_std^2 I_m).
+
+        Component k becomes N(mu_k + G_k (y - A mu_k), Sigma_k - G_k A Sigma_k) with S_k = A Sigma_k A^T +
+        noise_std^2 I and gain G_k = Sigma_k A^T S_k^{-1}; its weight is proportional to w_k N(y; A mu_k, S_k).
+        A mixture again, with the labels kept: the answer a linear inverse-problem sampler should reproduce (lesson 07).
+
+        Args:
+            A: `(m, D)` measurement matrix. y: `(m,)` measurement. noise_std: > 0.
+        """
+        noise_std = check_positive("noise_std", noise_std, allow_tensor=False)
+        A = _as_float_tensor("A", A, self.dtype, self.device)
+        if A.ndim != 2 or A.shape[1] != self.dim or A.shape[0] < 1:
+            raise ValueError(f"A must have shape (m, D) = (m, {self.dim}), got {tuple(A.shape)}")
+        y = _as_float_tensor("y", y, self.dtype, self.device).reshape(-1)
+        if y.shape != (A.shape[0],):
+            raise ValueError(f"y must hold one value per row of A ({A.shape[0]},), got {tuple(y.shape)}")
+        cov_a = self.covs @ A.T  # Sigma_k A^T, (K, D, m)
+        S = A @ cov_a + noise_std**2 * torch.eye(A.shape[0], dtype=self.dtype, device=self.device)  # (K, m, m)
+        gain = torch.linalg.solve(S, cov_a.transpose(1, 2)).transpose(1, 2)  # Sigma_k A^T S_k^{-1}
+        residual = y - self.means @ A.T  # (K, m)
+        evidence = GaussianMixture(self.weights, self.means @ A.T, S)
+        log_w = torch.log_softmax(evidence._component_terms(y[None])[0][0], dim=0)
+        means = self.means + (gain @ residual[..., None]).squeeze(-1)
+        covs = self.covs - gain @ cov_a.transpose(1, 2)
+        return GaussianMixture(log_w.exp(), means, 0.5 * (covs + covs.transpose(1, 2)), labels=self.labels)
+
+    def tilted_log_prob(self, y: int, gamma: float, bounds=(-8.0, 8.0), cells: int = 100):
+        r"""The normalised tilted density p_gamma(x | y) = p(x) p(y | x)^gamma / Z_gamma, as `log_prob(x) -> (n,)`.
+
+        Z_gamma = \int p(x) p(y | x)^gamma dx has no closed form for gamma not in {0, 1}; here it is computed by
+        Gauss-Legendre quadrature over bounds^D (D = 1 or 2; `log_partition`). gamma = 1 gives p(x | y) and
+        Z = p(y); gamma = 0 gives p. What classifier guidance with scale gamma is often said to sample (lesson 07).
+        The returned function carries `log_Z`.
+        """
+        y = self._check_class(y)
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (math.isfinite(gamma) and gamma >= 0):
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        if self.dim > 2:
+            raise ValueError(f"tilted_log_prob integrates on a grid: the mixture must have D = 1 or 2, got D = {self.dim}")
+
+        def unnormalised(x: torch.Tensor) -> torch.Tensor:
+            return self.log_prob(x) + gamma * self.class_log_prob(x)[:, y]
+
+        log_Z = log_partition(lambda x: -unnormalised(x), self.dim, bounds, cells)
+
+        def log_prob(x: torch.Tensor) -> torch.Tensor:
+            return unnormalised(x) - log_Z
+
+        log_prob.log_Z = log_Z
+        return log_prob
 
     # -- closed-form transformations -------------------------------------
     def affine(self, scale, noise_std) -> GaussianMixture:
@@ -295,7 +422,7 @@ class GaussianMixture:
         if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not (math.isfinite(noise_std) and noise_std >= 0):
             raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
         eye = torch.eye(self.dim, dtype=self.dtype, device=self.device)
-        return GaussianMixture(self.weights, scale * self.means, scale**2 * self.covs + noise_std**2 * eye)
+        return GaussianMixture(self.weights, scale * self.means, scale**2 * self.covs + noise_std**2 * eye, labels=self.labels)
 
     def convolve(self, sigma) -> GaussianMixture:
         """p * N(0, sigma^2 I): the density of X + sigma Z. Used by DSM (lesson 02) and Tweedie (lesson 01)."""
@@ -335,6 +462,60 @@ def _full_covariances(covs: torch.Tensor, K: int, D: int) -> torch.Tensor:
             raise ValueError("covs must be symmetric")
         return 0.5 * (covs + covs.transpose(-1, -2))
     raise ValueError(f"covs must have shape (K,), (K, D) or (K, D, D) = ({K},), ({K}, {D}) or ({K}, {D}, {D}), got {tuple(covs.shape)}")
+
+
+def _check_labels(labels, K: int, device) -> torch.Tensor:
+    """`(K,)` int64 class of each component; default one class per component; every class 0..C-1 used."""
+    if labels is None:
+        return torch.arange(K, device=device)
+    t = torch.as_tensor(labels if isinstance(labels, torch.Tensor) else np.asarray(labels), device=device)
+    if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"labels must be integers, one class per component, got dtype {t.dtype}")
+    if t.shape != (K,):
+        raise ValueError(f"labels must have shape (K,) = ({K},), one class per component, got {tuple(t.shape)}")
+    t = t.long()
+    if t.min() < 0 or set(t.tolist()) != set(range(int(t.max()) + 1)):
+        raise ValueError(f"labels must use every class 0..C-1 (and nothing else), got {t.tolist()}")
+    return t
+
+
+def _quadrature_nodes(lo: float, hi: float, cells: int, D: int, nodes: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensor-product Gauss-Legendre rule on cells^D equal cells of [lo, hi]^D, `nodes` per cell and axis: points
+    `(M, D)` and weights `(M,)` in float64, ordered so that a reshape to `(cells, nodes) * D` groups them by cell."""
+    u, w = np.polynomial.legendre.leggauss(nodes)
+    width = (hi - lo) / cells
+    centres = lo + width * (np.arange(cells) + 0.5)
+    pts_1d = torch.as_tensor((centres[:, None] + 0.5 * width * u).ravel())  # (cells * nodes,)
+    w_1d = torch.as_tensor(np.tile(0.5 * width * w, cells))
+    points = torch.cartesian_prod(*[pts_1d] * D).reshape(-1, D)
+    weights = torch.cartesian_prod(*[w_1d] * D).reshape(-1, D).prod(1)
+    return points, weights
+
+
+def log_partition(energy: Callable[[torch.Tensor], torch.Tensor], dim: int = 2, bounds=(-8.0, 8.0), cells: int = 100) -> float:
+    r"""log Z = log \int exp(-E(x)) dx over bounds^dim (dim = 1 or 2), by Gauss-Legendre quadrature, stably.
+
+    In two dimensions a grid makes the 'intractable' normaliser of an energy-based model a sum, so a learned
+    energy gets an exact normalised log-likelihood and TV against the truth (lesson 08). `cells`^dim cells of 8^dim
+    nodes; `energy` maps `(n, dim)` to `(n,)` and is evaluated in chunks, without gradients, in its own dtype
+    (float32 inputs for a float32 network). Mass outside the box is ignored: choose bounds that hold the density.
+    """
+    check_callable("energy", energy)
+    if dim not in (1, 2):
+        raise ValueError(f"dim must be 1 or 2 (a grid in higher dimensions is the intractable sum), got {dim!r}")
+    lo, hi = check_bounds(bounds)
+    check_int("cells", cells, minimum=1)
+    points, weights = _quadrature_nodes(lo, hi, cells, dim)
+    dtype = next((p.dtype for p in getattr(energy, "parameters", lambda: [])()), torch.float64)
+    terms = []
+    with torch.no_grad():
+        for chunk, w in zip(points.split(65_536), weights.split(65_536)):
+            e = check_output("energy", energy(chunk.to(dtype)), chunk.shape[:1]).double()
+            terms.append(w.log() - e)
+    log_z = torch.logsumexp(torch.cat(terms), 0).item()
+    if not math.isfinite(log_z):
+        raise ValueError(f"log Z is not finite ({log_z}): the energy is NaN, or -inf somewhere in the box")
+    return log_z
 
 
 def score_from_energy(energy: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -11,6 +11,8 @@ so the same call serves 2-D points and images. Introduced in lesson 02.
     dsm   denoising score matching     1/2 E||s(x~) + (x~ - x)/sigma^2||^2           (Vincent 2011)
     ncsn  multi-scale DSM, lambda(sigma) = sigma^2                               (Song & Ermon 2019, Eq. 6)
     sde_dsm  continuous-time DSM for an SDE, lambda(t) = sigma(t)^2 or g(t)^2          (Song et al. 2021, Eq. 7)
+
+and, for energy-based models, contrastive divergence (`contrastive_divergence`, `ContrastiveDivergence`, lesson 08).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ._checks import (
     check_positive,
     check_tensor,
 )
+from .distributions import score_from_energy
+from .sampling import langevin
 
 REDUCTIONS = ("mean", "none")
 
@@ -183,6 +187,15 @@ def _standard_noise(x, generator, noise):
 SDE_WEIGHTINGS = ("sigma2", "likelihood")
 
 
+def diffuse(x: torch.Tensor, sde, eps: float, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """t ~ U(eps, T) per sample, z ~ N(0, I) and x_t = m(t) x + sigma(t) z: `(x_t, t, z, sigma(t))`, sigma(t)
+    shaped to broadcast over x. The draw of every continuous-time loss (`sde_dsm`, `guidance.classifier_loss`)."""
+    t = eps + (sde.T - eps) * torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    mean_scale, std = (append_dims(c.to(x.dtype), x.ndim) for c in sde.marginal_coeffs(t))
+    z = _standard_noise(x, generator, None)
+    return mean_scale * x + std * z, t, z, std
+
+
 def sde_dsm(
     score, x: torch.Tensor, sde, weighting: str = "sigma2", eps: float = 1e-5, generator=None, *, reduction: str = "mean"
 ) -> torch.Tensor:
@@ -197,12 +210,76 @@ def sde_dsm(
     check_choice("weighting", weighting, SDE_WEIGHTINGS)
     eps = sde.check_eps(eps)
     generator = as_generator(generator, x.device)
-    t = eps + (sde.T - eps) * torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
-    mean_scale, std = (append_dims(c.to(x.dtype), x.ndim) for c in sde.marginal_coeffs(t))
-    z = _standard_noise(x, generator, None)
-    s = check_output("score", score(mean_scale * x + std * z, t), x.shape)
+    x_t, t, z, std = diffuse(x, sde, eps, generator)
+    s = check_output("score", score(x_t, t), x.shape)
     if weighting == "sigma2":
         per_sample = 0.5 * _flat_sum((std * s + z) ** 2)
     else:
         per_sample = 0.5 * sde.diffusion(t).to(x.dtype) ** 2 * _flat_sum((s + z / std) ** 2)
     return _reduce(per_sample, reduction)
+
+
+# --- energy-based models: maximum likelihood by contrastive divergence (lesson 08) --------------------------------
+
+
+def contrastive_divergence(energy, x_data: torch.Tensor, x_model: torch.Tensor, *, regularization: float = 0.0) -> torch.Tensor:
+    r"""E_data[E_theta(x)] - E_model[E_theta(x)]: its parameter gradient estimates that of the negative log-likelihood.
+
+    For p_theta = exp(-E_theta) / Z_theta, -\nabla_theta log p_theta(x) = \nabla_theta E_theta(x) + \nabla_theta log Z_theta
+    and \nabla_theta log Z_theta = -E_{p_theta}[\nabla_theta E_theta]: the MLE gradient is the data term minus the model
+    term, with Z never computed (Hinton 2002). `x_model` should be samples of the model (Langevin chains,
+    `ContrastiveDivergence`); they are detached. `regularization` alpha adds alpha (E(x_data)^2 + E(x_model)^2), which
+    keeps energies near 0 (Du & Mordatch 2019). The loss value itself is not a likelihood.
+    """
+    check_callable("energy", energy)
+    check_tensor("x_data", x_data, min_dim=2)
+    check_tensor("x_model", x_model, min_dim=2)
+    if x_model.shape[1:] != x_data.shape[1:]:
+        raise ValueError(f"x_model must have x_data's sample shape {tuple(x_data.shape[1:])}, got {tuple(x_model.shape[1:])}")
+    if isinstance(regularization, bool) or not isinstance(regularization, (int, float)) or not regularization >= 0:
+        raise ValueError(f"regularization must be a number >= 0, got {regularization!r}")
+    e_data = check_output("energy", energy(x_data), x_data.shape[:1])
+    e_model = check_output("energy", energy(x_model.detach()), x_model.shape[:1])
+    loss = e_data.mean() - e_model.mean()
+    if regularization:
+        loss = loss + regularization * (e_data.square().mean() + e_model.square().mean())
+    return loss
+
+
+class ContrastiveDivergence:
+    r"""A `fit` loss `(model, x, generator) -> loss` for an energy model: CD with SGLD chains of the model.
+
+    Each call runs `n_steps` Langevin steps (`sampling.langevin`, step eps) on the current energy to get model samples,
+    then returns `contrastive_divergence`. Short-run (`persistent=False`): chains start afresh from `init` every call
+    (Nijkamp et al. 2019). Persistent (PCD, Tieleman 2008): one set of chains, as many as the batch, continues from
+    where the last call left it, a fraction `reinit` restarted from `init` each call (Du & Mordatch 2019).
+
+    Args:
+        n_steps: Langevin steps per call. step_size: eps. init: `(n, generator) -> (n, *dims)` starting points.
+        persistent, reinit, regularization: as above.
+    Attributes:
+        chains: the persistent chains after the last call (None before, and always for short-run).
+    """
+
+    def __init__(
+        self, n_steps: int, step_size: float, init, *, persistent: bool = False, reinit: float = 0.05, regularization: float = 0.0
+    ):
+        check_int("n_steps", n_steps, minimum=1)
+        check_positive("step_size", step_size, allow_tensor=False)
+        check_callable("init", init)
+        if isinstance(reinit, bool) or not isinstance(reinit, (int, float)) or not 0 <= reinit <= 1:
+            raise ValueError(f"reinit must be a probability in [0, 1], got {reinit!r}")
+        self.n_steps, self.step_size, self.init = n_steps, step_size, init
+        self.persistent, self.reinit, self.regularization = persistent, reinit, regularization
+        self.chains = None
+
+    def __call__(self, model, x: torch.Tensor, generator=None) -> torch.Tensor:
+        generator = as_generator(generator, x.device)
+        start = check_output("init", self.init(len(x), generator), x.shape).to(x.dtype)
+        if self.persistent and self.chains is not None and len(self.chains) == len(x):
+            keep = torch.rand(len(x), generator=generator, device=x.device) >= self.reinit
+            start = torch.where(append_dims(keep, x.ndim), self.chains, start)
+        x_model = langevin(score_from_energy(model), start, self.step_size, self.n_steps, generator=generator)
+        if self.persistent:
+            self.chains = x_model.detach()
+        return contrastive_divergence(model, x, x_model, regularization=self.regularization)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ._checks import check_bounds, check_callable, check_choice, check_int, check_output, check_tensor
-from .distributions import GaussianMixture
+from .distributions import GaussianMixture, _quadrature_nodes
 
 
 class Estimate(NamedTuple):
@@ -87,25 +87,16 @@ def _histogram_masses(samples: torch.Tensor, lo: float, hi: float, bins: int) ->
     return (counts / len(x)).numpy()
 
 
-def _quadrature_nodes(lo: float, hi: float, cells: int, D: int, nodes: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tensor-product Gauss-Legendre rule on cells^D equal cells of [lo, hi]^D, `nodes` per cell and axis: points
-    `(M, D)` and weights `(M,)` in float64, ordered so that a reshape to `(cells, nodes) * D` groups them by cell."""
-    u, w = np.polynomial.legendre.leggauss(nodes)
-    width = (hi - lo) / cells
-    centres = lo + width * (np.arange(cells) + 0.5)
-    pts_1d = torch.as_tensor((centres[:, None] + 0.5 * width * u).ravel())  # (cells * nodes,)
-    w_1d = torch.as_tensor(np.tile(0.5 * width * w, cells))
-    points = torch.cartesian_prod(*[pts_1d] * D).reshape(-1, D)
-    weights = torch.cartesian_prod(*[w_1d] * D).reshape(-1, D).prod(1)
-    return points, weights
-
-
-def _mixture_masses(dist: GaussianMixture, lo: float, hi: float, bins: int, nodes: int = 8) -> np.ndarray:
-    """Probability of each of the bins^D cells (D = 1 or 2) under the mixture by tensor-product Gauss-Legendre
+def _cell_masses(log_prob, dim: int, lo: float, hi: float, bins: int, nodes: int = 8) -> np.ndarray:
+    """Probability of each of the bins^D cells (D = 1 or 2) under a normalised density, by tensor-product Gauss-Legendre
     quadrature (`nodes`^D points per cell; error < 1e-9 for cells up to a few standard deviations wide), plus 'outside'."""
-    points, weights = _quadrature_nodes(lo, hi, bins, dist.dim, nodes)
-    mass = (dist.to(dtype=torch.float64).log_prob(points).exp() * weights).numpy()
-    cell = mass.reshape((bins, nodes) * dist.dim).sum(tuple(range(1, 2 * dist.dim, 2))).ravel()
+    points, weights = _quadrature_nodes(lo, hi, bins, dim, nodes)
+    with torch.no_grad():
+        log_p = check_output("target", log_prob(points), points.shape[:1]).double()
+    mass = (log_p.exp() * weights).numpy()
+    cell = mass.reshape((bins, nodes) * dim).sum(tuple(range(1, 2 * dim, 2))).ravel()
+    if cell.sum() > 1 + 1e-6 or not np.isfinite(cell).all():
+        raise ValueError(f"target puts mass {cell.sum():.6g} on the grid: it must be a normalised log-density")
     return np.append(cell, max(0.0, 1.0 - cell.sum()))
 
 
@@ -114,7 +105,8 @@ def tv_grid(samples: torch.Tensor, target, bounds=(-8.0, 8.0), bins: int = 40) -
 
     TV = 1/2 \sum_cells |\hat p_c - p_c|, with one extra cell for everything outside the
     interval or square. If `target` is a `GaussianMixture` of the same D, p_c are its exact cell masses (by
-    quadrature); if it is a tensor of samples, both sides are histograms.
+    quadrature), and likewise for a callable normalised log-density `(m, D) -> (m,)` (e.g.
+    `GaussianMixture.tilted_log_prob`, lesson 07); if it is a tensor of samples, both sides are histograms.
 
     The floor is the expected TV of the estimator when the samples *are* drawn from the
     target: with counts ~ Binomial(n, p_c), E|\hat p_c - p_c| ~ sqrt(2 p_c (1 - p_c) / (pi n)),
@@ -133,16 +125,18 @@ def tv_grid(samples: torch.Tensor, target, bounds=(-8.0, 8.0), bins: int = 40) -
     if isinstance(target, GaussianMixture):
         if target.dim != samples.shape[1]:
             raise ValueError(f"target must be a mixture in D={samples.shape[1]} like the samples, got D={target.dim}")
-        p = _mixture_masses(target, lo, hi, bins)
-        var = p * (1 - p) / n
-    elif isinstance(target, torch.Tensor):
+        target = target.to(dtype=torch.float64).log_prob
+    if isinstance(target, torch.Tensor):
         check_tensor("target", target, min_dim=2)
         if target.shape[1:] != samples.shape[1:]:
             raise ValueError(f"target samples must have the shape (m, {samples.shape[1]}) of samples, got {tuple(target.shape)}")
         p = _histogram_masses(target, lo, hi, bins)
         var = p * (1 - p) / n + p * (1 - p) / len(target)
+    elif callable(target):
+        p = _cell_masses(target, samples.shape[1], lo, hi, bins)
+        var = p * (1 - p) / n
     else:
-        raise TypeError(f"target must be a GaussianMixture or a tensor of samples, got {type(target).__name__}")
+        raise TypeError(f"target must be a GaussianMixture, a log-density or a tensor of samples, got {type(target).__name__}")
     tv = 0.5 * np.abs(p_hat - p).sum()
     floor = 0.5 * np.sqrt(2 * var / math.pi).sum()
     spread = 0.5 * math.sqrt(var.sum() * (1 - 2 / math.pi))
@@ -325,7 +319,7 @@ def gaussian_tv(mean_p, var_p, mean_q, var_q) -> float:
 
 
 def _quadrature(p_log_prob, q_log_prob, dim: int, bounds, cells: int):
-    """log p and log q at the Gauss-Legendre nodes of `_quadrature_nodes` over bounds^dim, and the weights."""
+    """log p and log q at the Gauss-Legendre nodes of `distributions._quadrature_nodes` over bounds^dim, and the weights."""
     check_choice("dim", dim, (1, 2))
     lo, hi = check_bounds(bounds)
     check_int("cells", cells, minimum=1)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._checks import append_dims, check_int, check_per_sample, check_positive
+from ._checks import append_dims, check_int, check_labels, check_per_sample, check_positive
 from .distributions import score_from_energy
 
 
@@ -63,8 +63,11 @@ class ScoreMLP(nn.Module):
         log_condition: embed log c instead of c (noise levels sigma span decades).
         divide_by_sigma: for noise-conditional models (c = sigma) return net(x, sigma) / sigma,
             so the network only learns an O(1) output (Song & Ermon 2020, Technique 3).
+        n_classes: with C > 0 the model also takes a class label y `(n,)` in 0..C-1, or -1
+            (`guidance.NULL_LABEL`) for "no label": one network learns s(x, c, y) and s(x, c), as
+            classifier-free guidance trains it with label dropout (Ho & Salimans 2022; lesson 07).
 
-    `forward(x)` or `forward(x, c)` with `c` of shape `(n,)` returns a tensor of x's shape.
+    `forward(x)`, `forward(x, c)` with `c` of shape `(n,)`, or `forward(x, c, y)` returns a tensor of x's shape.
     """
 
     def __init__(
@@ -75,25 +78,29 @@ class ScoreMLP(nn.Module):
         n_fourier: int = 0,
         log_condition: bool = False,
         divide_by_sigma: bool = False,
+        n_classes: int = 0,
     ):
         super().__init__()
         check_int("dim", dim, minimum=1)
         check_int("hidden", hidden, minimum=1)
         check_int("n_layers", n_layers, minimum=1)
         check_int("n_fourier", n_fourier, minimum=0)
-        if (log_condition or divide_by_sigma) and not n_fourier:
-            raise ValueError("log_condition and divide_by_sigma need a conditional model (n_fourier > 0)")
+        check_int("n_classes", n_classes, minimum=0)
+        if (log_condition or divide_by_sigma or n_classes) and not n_fourier:
+            raise ValueError("log_condition, divide_by_sigma and n_classes need a conditional model (n_fourier > 0)")
         self.dim = dim
         self.log_condition = log_condition
         self.divide_by_sigma = divide_by_sigma
+        self.n_classes = n_classes
         self.embed = FourierFeatures(n_fourier) if n_fourier else None
-        self.net = _mlp(dim + 2 * n_fourier, dim, hidden, n_layers)
+        self.label_embed = nn.Embedding(n_classes + 1, 2 * n_fourier) if n_classes else None  # row C: no label
+        self.net = _mlp(dim + 2 * n_fourier * (2 if n_classes else 1), dim, hidden, n_layers)
 
     @property
     def conditional(self) -> bool:
         return self.embed is not None
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
         h = _flatten_features(x, self.dim, self.net[0].weight.dtype)
         if not self.conditional:
             if c is not None:
@@ -101,13 +108,46 @@ class ScoreMLP(nn.Module):
             return self.net(h).reshape(x.shape).to(x.dtype)
         if c is None:
             raise TypeError("this ScoreMLP is conditional (n_fourier > 0): call it as model(x, c) with c of shape (n,)")
+        if (y is None) != (self.label_embed is None):
+            raise TypeError("y: call a model with n_classes > 0 as model(x, c, y), any other as model(x, c)")
         c = check_per_sample("c", c, x.shape[0], h)
         if self.log_condition or self.divide_by_sigma:
             check_positive("c", c)
-        out = self.net(torch.cat([h, self.embed(c.log() if self.log_condition else c)], dim=1))
+        features = [h, self.embed(c.log() if self.log_condition else c)]
+        if y is not None:
+            labels = check_labels("y", y, x.shape[0], self.n_classes, allow_null=True).to(h.device)
+            features.append(self.label_embed(labels % (self.n_classes + 1)))  # -1 -> row C, "no label"
+        out = self.net(torch.cat(features, dim=1))
         if self.divide_by_sigma:
             out = out / c[:, None]
         return out.reshape(x.shape).to(x.dtype)
+
+
+class ClassifierMLP(nn.Module):
+    r"""A classifier of noisy data: logits of p_t(y | x_t) `(n, C)` from `forward(x, t)`, t a per-sample time or level.
+
+    Fourier features of t (or of log t with `log_condition`) are concatenated with x, as in `ScoreMLP`; trained on
+    noised samples by `guidance.classifier_loss`, its input gradient is what classifier guidance adds to the score
+    (Dhariwal & Nichol 2021; lesson 07).
+    """
+
+    def __init__(self, dim: int, n_classes: int, hidden: int = 128, n_layers: int = 3, n_fourier: int = 16, log_condition: bool = False):
+        super().__init__()
+        check_int("dim", dim, minimum=1)
+        check_int("n_classes", n_classes, minimum=2)
+        check_int("hidden", hidden, minimum=1)
+        check_int("n_layers", n_layers, minimum=1)
+        check_int("n_fourier", n_fourier, minimum=1)
+        self.dim, self.n_classes, self.log_condition = dim, n_classes, log_condition
+        self.embed = FourierFeatures(n_fourier)
+        self.net = _mlp(dim + 2 * n_fourier, n_classes, hidden, n_layers)
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        h = _flatten_features(x, self.dim, self.net[0].weight.dtype)
+        t = check_per_sample("t", t, x.shape[0], h)
+        if self.log_condition:
+            check_positive("t", t)
+        return self.net(torch.cat([h, self.embed(t.log() if self.log_condition else t)], dim=1)).to(x.dtype)
 
 
 class EnergyMLP(nn.Module):

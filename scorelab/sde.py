@@ -260,7 +260,7 @@ def condition_on_std(model, sde: SDE):
     Song & Ermon 2020). Lesson 05 trains one this way with `losses.sde_dsm`.
     """
 
-    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return model(x, sde.marginal_coeffs(t)[1].to(x.dtype))
+    def score(x: torch.Tensor, t: torch.Tensor, *args) -> torch.Tensor:  # args: e.g. a class label (lesson 07)
+        return model(x, sde.marginal_coeffs(t)[1].to(x.dtype), *args)
 
     return score

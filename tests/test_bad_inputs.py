@@ -17,6 +17,7 @@ from scorelab import (
     VESDE,
     VPSDE,
     CheckpointError,
+    ClassifierMLP,
     EnergyMLP,
     FourierFeatures,
     GaussianMixture,
@@ -29,6 +30,7 @@ from scorelab import (
     cli,
     datasets,
     fit,
+    guidance,
     likelihood,
     load_checkpoint,
     losses,
@@ -38,6 +40,7 @@ from scorelab import (
     save_checkpoint,
     viz,
 )
+from scorelab.distributions import log_partition
 from scorelab.nets import ImageClassifier
 
 X = torch.randn(8, 2)
@@ -358,6 +361,39 @@ CASES = [
     # noise
     (lambda: noise.sigma_max_from_data(X, block=0), ValueError, "block"),
     (lambda: noise.variance_ratio(0.0, [1.0, 0.5], 1), ValueError, "step_size"),
+    # guidance, labelled mixtures and energy-based models (lessons 07-08)
+    (lambda: GaussianMixture([0.5, 0.5], [[0.0], [1.0]], [1.0, 1.0], labels=[0, 2]), ValueError, "labels"),
+    (lambda: GaussianMixture([0.5, 0.5], [[0.0], [1.0]], [1.0, 1.0], labels=[0.0, 1.0]), TypeError, "labels"),
+    (lambda: GaussianMixture([0.5, 0.5], [[0.0], [1.0]], [1.0, 1.0], labels=[0]), ValueError, "labels"),
+    (lambda: MIX.class_mixture(5), ValueError, "y"),
+    (lambda: MIX.tilted_log_prob(0, -1.0), ValueError, "gamma"),
+    (lambda: MIX.tilted_log_prob(7, 1.0), ValueError, "y"),
+    (lambda: MIX.posterior([[1.0, 0.0, 0.0]], [1.0], 0.5), ValueError, "A"),
+    (lambda: MIX.posterior([[1.0, 0.0]], [1.0], -0.5), ValueError, "noise_std"),
+    (lambda: MIX.posterior([[1.0, 0.0]], [1.0, 2.0], 0.5), ValueError, "y"),
+    (lambda: guidance.classifier_guided_score(time_score, time_score, -1.0), ValueError, "scale"),
+    (lambda: guidance.cfg_score(time_score, time_score, float("nan")), ValueError, "scale"),
+    (lambda: guidance.classifier_guided_score(time_score, "grad", 1.0), TypeError, "log_likelihood_grad"),
+    (lambda: guidance.classifier_gradient(MIX.marginal_class_log_prob(VP), 3)(X, torch.ones(8)), ValueError, "y"),
+    (lambda: guidance.classifier_gradient(MIX.marginal_class_log_prob(VP), 0.5), TypeError, "y"),
+    (lambda: guidance.drop_labels(torch.zeros(4, dtype=torch.long), 1.5), ValueError, "p_uncond"),
+    (lambda: guidance.classifier_loss(ClassifierMLP(2, 2), X, torch.full((8,), 2), VP), ValueError, "labels"),
+    (lambda: guidance.linear_inverse_sample(time_score, VP, X, 10, [[1.0, 0.0, 0.0]], [1.0], 0.5), ValueError, "x"),
+    (lambda: guidance.linear_inverse_sample(time_score, VP, X, 10, [[1.0, 0.0], [2.0, 0.0]], [1.0, 1.0], 0.5), ValueError, "A"),
+    (lambda: guidance.linear_inverse_sample(time_score, VP, X, 10, [[1.0, 0.0]], [1.0], 0.0), ValueError, "noise_std"),
+    (lambda: guidance.colorize(time_score, VP, X, 10), ValueError, "gray"),
+    (lambda: guidance.to_basis(torch.ones(2, 3), torch.ones(3, 3)), ValueError, "basis"),
+    (lambda: ScoreMLP(2, n_fourier=4, n_classes=2)(X, 0.5), TypeError, "y"),
+    (lambda: ScoreMLP(2, n_fourier=4, n_classes=2)(X, 0.5, 2), ValueError, "y"),
+    (lambda: ScoreMLP(2, n_classes=2), ValueError, "n_classes"),
+    (lambda: ClassifierMLP(2, 1), ValueError, "n_classes"),
+    (lambda: losses.contrastive_divergence(EnergyMLP(2), X, torch.ones(8, 3)), ValueError, "x_model"),
+    (lambda: losses.contrastive_divergence(EnergyMLP(2), X, X, regularization=-1.0), ValueError, "regularization"),
+    (lambda: losses.ContrastiveDivergence(0, 0.1, lambda n, g: X), ValueError, "n_steps"),
+    (lambda: losses.ContrastiveDivergence(5, 0.1, lambda n, g: X, reinit=2.0), ValueError, "reinit"),
+    (lambda: losses.ContrastiveDivergence(5, 0.1, lambda n, g: torch.ones(3, 2))(EnergyMLP(2), X), ValueError, "init"),
+    (lambda: log_partition(lambda x: x.sum(1), 3), ValueError, "dim"),
+    (lambda: log_partition(lambda x: x, 2), ValueError, "energy"),
 ]
 
 
@@ -375,6 +411,7 @@ MODULE_OF = {
     "VP": "sde", "VESDE": "sde", "VPSDE": "sde", "SubVPSDE": "sde", "OUSDE": "sde",
     "ScoreMLP": "nets", "EnergyMLP": "nets", "EMA": "nets", "UNet": "nets", "UNetConfig": "nets", "TINY_UNET": "nets",
     "ImageClassifier": "nets", "FourierFeatures": "nets", "widgets": "widgets", "bounds": "bounds",
+    "guidance": "guidance", "ClassifierMLP": "nets", "log_partition": "distributions",
 }  # fmt: skip
 #: besides ValueError/TypeError, the documented kinds: a checkpoint's own error, and a missing file
 DOCUMENTED = (ValueError, TypeError, CheckpointError, FileNotFoundError)
@@ -405,7 +442,7 @@ def test_fuzz_table_every_malformed_call_gets_a_clear_error(capsys):
     lines.append(f"{'all ' + str(len(CASES)):14s}" + "".join(f"{sum(rows[m, k] for m in modules):>26d}" for k in kinds))
     with capsys.disabled():  # printed in every run, not only on failure
         print("\nmalformed calls by outcome\n" + "\n".join(lines))
-    assert len(CASES) >= 150 and len(modules) == 14  # every public module
+    assert len(CASES) >= 150 and len(modules) == 15  # every public module
     assert sum(rows[m, "clear"] for m in modules) == len(CASES), "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from scorelab import OUSDE, GaussianMixture, bounds, metrics, sampling
-from scorelab.metrics import _mixture_masses, gaussian_kl, gaussian_tv, kl_monte_carlo, tv_grid, tv_monte_carlo
+from scorelab.metrics import _cell_masses, gaussian_kl, gaussian_tv, kl_monte_carlo, tv_grid, tv_monte_carlo
 
 MIX_1D = GaussianMixture([0.3, 0.7], [[-2.0], [1.5]], [0.25, 0.5], dtype=torch.float64)
 MIX_2D = GaussianMixture([0.4, 0.6], [[-1.5, 0.5], [1.0, -1.0]], [[[0.5, 0.2], [0.2, 0.4]], [[0.3, 0.0], [0.0, 0.6]]])
@@ -223,7 +223,7 @@ def test_bound_terms_follow_the_formula():
 def test_1d_cell_masses_match_the_normal_cdf_and_an_exact_sampler_sits_at_the_floor():
     edges = np.linspace(-5, 5, 41)
     exact = sum(w * np.diff(stats.norm.cdf(edges, m, math.sqrt(v))) for w, m, v in ((0.3, -2.0, 0.25), (0.7, 1.5, 0.5)))
-    np.testing.assert_allclose(_mixture_masses(MIX_1D, -5, 5, 40)[:-1], exact, atol=1e-10)
+    np.testing.assert_allclose(_cell_masses(MIX_1D.to(dtype=torch.float64).log_prob, 1, -5, 5, 40)[:-1], exact, atol=1e-10)
     results = [tv_grid(MIX_1D.sample(5000, generator=seed), MIX_1D, bounds=(-5, 5), bins=40) for seed in range(30)]
     tvs = np.array([r.tv for r in results])
     assert abs(tvs.mean() - results[0].floor) < 0.05 * results[0].floor

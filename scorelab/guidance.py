@@ -1,0 +1,296 @@
+r"""Controllable generation by Bayes' rule for scores: guidance, inverse problems, colorization.
+
+For a label or measurement y, p_t(x | y) \propto p_t(x) p_t(y | x), so
+
+    \nabla_x log p_t(x | y) = \nabla_x log p_t(x) + \nabla_x log p_t(y | x):
+
+the unconditional score plus the input gradient of a classifier (or likelihood) of *noisy* data. Everything here
+builds such a score as a plain function `(x, t) -> s` that the samplers of `scorelab.sampling` take unchanged
+(`t` a `(batch,)` tensor of SDE times, or noise levels sigma for annealed Langevin). Inpainting lives in the
+samplers themselves (`pc_sample` / `annealed_langevin` with `mask`, `known`: True = known); colorization is
+inpainting in an orthogonal colour basis. On labelled Gaussian mixtures every one of these has an exact answer
+(`GaussianMixture.marginal_class_log_prob`, `class_mixture`, `posterior`, `tilted_log_prob`). Lesson 07.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ._checks import (
+    as_generator,
+    check_callable,
+    check_choice,
+    check_int,
+    check_labels,
+    check_output,
+    check_positive,
+    check_tensor,
+)
+from .losses import REDUCTIONS, _reduce, diffuse, sde_dsm
+from .sampling import PREDICTORS, DivergenceError, _randn_like, pc_sample
+
+#: the label that means "no label" to a `ScoreMLP(..., n_classes=C)`: classifier-free guidance's null token
+NULL_LABEL = -1
+
+#: an orthonormal colour basis (rows): luminance (R + G + B) / sqrt(3) first, then two chroma directions
+COLOR_BASIS = torch.tensor(
+    [
+        [1 / math.sqrt(3), 1 / math.sqrt(3), 1 / math.sqrt(3)],
+        [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0],
+        [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)],
+    ],
+    dtype=torch.float64,
+)
+
+
+def _check_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"scale must be a finite number >= 0 (the guidance strength gamma), got {scale!r}")
+    return float(scale)
+
+
+def classifier_gradient(classifier: Callable, y) -> Callable:
+    r"""\nabla_x log p_t(y | x) by autograd, as `grad(x, t)`, from `classifier(x, t) -> (n, C)` logits or log-probabilities.
+
+    `y` is an int class or a `(n,)` tensor of classes. Works inside the samplers' `torch.no_grad()`; the
+    gradient is returned detached. The exact classifier of a labelled mixture is
+    `GaussianMixture.marginal_class_log_prob(sde)`; a learned one is a `nets.ClassifierMLP` (lesson 07).
+    """
+    check_callable("classifier", classifier)
+    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
+        raise TypeError(f"y must be an int class label or a tensor of them, got {type(y).__name__}")
+
+    def grad(x: torch.Tensor, t) -> torch.Tensor:
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            logits = classifier(x_in, t)
+            if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(x):
+                got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+                raise ValueError(f"classifier must return (n, C) = ({len(x)}, C) logits, got {got}")
+            labels = check_labels("y", y, len(x), logits.shape[1]).to(x.device)
+            log_p = torch.log_softmax(logits, dim=1).gather(1, labels[:, None]).sum()
+            (g,) = torch.autograd.grad(log_p, x_in)
+        return g.detach()
+
+    return grad
+
+
+def classifier_guided_score(score: Callable, log_likelihood_grad: Callable, scale: float) -> Callable:
+    r"""s(x, t) + gamma \nabla_x log p_t(y | x): classifier guidance with scale gamma (Dhariwal & Nichol 2021).
+
+    With gamma = 1 and the exact noisy classifier this is the exact conditional score \nabla log p_t(x | y); with
+    gamma != 1 it is *not* the score of the diffused tilted law p(x) p(y | x)^gamma / Z (lesson 07 measures the gap).
+
+    Args:
+        score: `(x, t) -> s(x, t)`. log_likelihood_grad: `(x, t) -> \nabla_x log p_t(y | x)`, e.g. from
+            `classifier_gradient`. scale: gamma >= 0.
+    """
+    check_callable("score", score)
+    check_callable("log_likelihood_grad", log_likelihood_grad)
+    scale = _check_scale(scale)
+
+    def guided(x: torch.Tensor, t) -> torch.Tensor:
+        return score(x, t) + scale * check_output("log_likelihood_grad", log_likelihood_grad(x, t), x.shape)
+
+    return guided
+
+
+def cfg_score(cond_score: Callable, uncond_score: Callable, scale: float) -> Callable:
+    r"""gamma s(x, t | y) + (1 - gamma) s(x, t): classifier-free guidance (Ho & Salimans 2022).
+
+    Equal to s(x, t) + gamma [s(x, t | y) - s(x, t)], classifier guidance with the classifier implied by the two
+    scores; gamma = 1 is the conditional score. Both callables `(x, t) -> s`, e.g. `with_label(model, y)` and
+    `with_label(model, NULL_LABEL)` of one network trained by `cfg_dsm`.
+    """
+    check_callable("cond_score", cond_score)
+    check_callable("uncond_score", uncond_score)
+    scale = _check_scale(scale)
+
+    def guided(x: torch.Tensor, t) -> torch.Tensor:
+        return scale * cond_score(x, t) + (1 - scale) * check_output("uncond_score", uncond_score(x, t), x.shape)
+
+    return guided
+
+
+def with_label(score: Callable, y) -> Callable:
+    """`(x, t) -> score(x, t, y)`: a label-conditional score with its label bound (`NULL_LABEL` for "no label")."""
+    check_callable("score", score)
+    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
+        raise TypeError(f"y must be an int class label or a tensor of them, got {type(y).__name__}")
+    return lambda x, t: score(x, t, y)
+
+
+def classifier_loss(
+    classifier: Callable, x: torch.Tensor, labels, sde, eps: float = 1e-3, generator=None, *, reduction: str = "mean"
+) -> torch.Tensor:
+    r"""Cross-entropy of a noisy classifier on noised data: t ~ U(eps, T), x_t = m(t) x + sigma(t) z,
+    -log softmax(classifier(x_t, t))[y]. Its minimiser is the Bayes classifier p_t(y | x_t) at every t, which is
+    what guidance needs (Song et al. 2021, Sec. 5; lesson 07)."""
+    check_callable("classifier", classifier)
+    check_tensor("x", x, min_dim=2)
+    check_choice("reduction", reduction, REDUCTIONS)
+    eps = sde.check_eps(eps)
+    x_t, t, _, _ = diffuse(x, sde, eps, as_generator(generator, x.device))
+    logits = classifier(x_t, t)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(x):
+        raise ValueError(f"classifier must return (n, C) logits, got {getattr(logits, 'shape', type(logits).__name__)}")
+    labels = check_labels("labels", labels, len(x), logits.shape[1]).to(x.device)
+    return _reduce(F.cross_entropy(logits, labels, reduction="none"), reduction)
+
+
+def drop_labels(labels: torch.Tensor, p_uncond: float, generator=None) -> torch.Tensor:
+    """`labels` with each replaced by `NULL_LABEL` independently with probability `p_uncond` (label dropout)."""
+    if isinstance(p_uncond, bool) or not isinstance(p_uncond, (int, float)) or not 0 <= p_uncond <= 1:
+        raise ValueError(f"p_uncond must be a probability in [0, 1], got {p_uncond!r}")
+    if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.is_floating_point():
+        raise TypeError(f"labels must be a 1-D integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    drop = torch.rand(labels.shape, generator=as_generator(generator, labels.device), device=labels.device) < p_uncond
+    return labels.masked_fill(drop, NULL_LABEL)
+
+
+def cfg_dsm(
+    score: Callable,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    sde,
+    p_uncond: float = 0.2,
+    weighting: str = "sigma2",
+    eps: float = 1e-5,
+    generator=None,
+    *,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """`losses.sde_dsm` of a label-conditional `score(x, t, y)` with label dropout: each label is replaced by
+    `NULL_LABEL` with probability `p_uncond`, so one network learns s(x, t | y) and s(x, t) (Ho & Salimans 2022)."""
+    check_callable("score", score)
+    generator = as_generator(generator, x.device if isinstance(x, torch.Tensor) else None)
+    dropped = drop_labels(labels, p_uncond, generator)
+    return sde_dsm(lambda v, t: score(v, t, dropped), x, sde, weighting, eps, generator, reduction=reduction)
+
+
+def linear_inverse_sample(
+    score: Callable,
+    sde,
+    x: torch.Tensor,
+    n_steps: int,
+    A,
+    y,
+    noise_std: float,
+    *,
+    eps: float = 1e-3,
+    generator=None,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    r"""Approximate posterior sampling for y = A x_0 + n, n ~ N(0, noise_std^2 I), by the reverse SDE (Song et al. 2021, App. I.4).
+
+    Applied to y with the same noise, the forward SDE gives y_t = A x_t + m(t) n, so p(y_t | x_t) =
+    N(A x_t, m(t)^2 noise_std^2 I). The approximation of the notes: \nabla log p_t(x_t | y) ~ s(x_t, t) +
+    \nabla log p(y^_t | x_t) with y^_t = m(t) y + sigma(t) A z drawn from p(y_t | y) afresh at every step. It is not
+    exact (y^_t and x_t are drawn independently given y; in the joint they are correlated); lesson 07 measures the
+    bias against `GaussianMixture.posterior`.
+
+    Discretisation: each step is the reverse-diffusion predictor with `score`, then the likelihood term's own flow
+    dx/dtau = A^T (y^_t - A x) / (m^2 noise_std^2) over the step's score coefficient b^2, solved exactly. The explicit
+    (Euler) step of that term is unstable: its stiffness b^2 / (m(t)^2 noise_std^2) reaches ~10^4 near t = T for the
+    VP SDE, and chains diverge within 100 steps. The exact flow is unconditionally stable; where the term is stiff it
+    projects A x onto y^_t (hard data consistency, Song et al. 2022), and for a selection matrix A with
+    noise_std -> 0 it is `pc_sample`'s inpainting.
+
+    Args:
+        score: `(x, t) -> s(x, t)` on `(n, D)` points. sde: a linear `SDE`. x: `(n, D)` start, e.g. `sde.prior_sample`.
+        A: `(m, D)`, rank m. y: `(m,)`. noise_std: > 0. eps: the last time.
+    Returns:
+        `(n, D)` samples. `callback` gets `{"x", "i", "t"}` after every step.
+    """
+    check_callable("score", score)
+    check_tensor("x", x, min_dim=2)
+    check_int("n_steps", n_steps, minimum=1)
+    noise_std = check_positive("noise_std", noise_std, allow_tensor=False)
+    if callback is not None:
+        check_callable("callback", callback)
+    A = torch.as_tensor(A)
+    if not A.is_floating_point() or A.ndim != 2 or not 1 <= A.shape[0] <= A.shape[1]:
+        raise ValueError(f"A must be a floating (m, D) matrix with 1 <= m <= D, got {A.dtype} {tuple(A.shape)}")
+    if x.ndim != 2 or x.shape[1] != A.shape[1]:
+        raise ValueError(f"x must have shape (n, D) = (n, {A.shape[1]}) to match A, got {tuple(x.shape)}")
+    y = torch.as_tensor(y)
+    if not y.is_floating_point() or y.numel() != A.shape[0]:
+        raise ValueError(f"y must hold one float per row of A ({A.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+    A, y = A.to(device=x.device, dtype=x.dtype), y.reshape(-1).to(device=x.device, dtype=x.dtype)
+    U, S, Vh = torch.linalg.svd(A, full_matrices=False)  # A = U diag(S) Vh
+    if S.min() <= 1e-8 * S.max():
+        raise ValueError("A must have full row rank (its rows linearly independent)")
+    eps = sde.check_eps(eps)
+    generator = as_generator(generator, x.device)
+    times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
+    x = x.detach().clone()
+    with torch.no_grad():
+        for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+            x, _ = PREDICTORS["reverse_diffusion"](sde, score, x, t, t_next, _randn_like(x, generator))
+            mean_scale, std = (c.item() for c in sde.marginal_coeffs(t_next))
+            y_hat = mean_scale * y + std * (_randn_like(x, generator) @ A.T)  # a draw of p(y_t | y)
+            b2 = sde.transition_coeffs(t_next, t)[1].item() ** 2
+            gain = -torch.expm1(-b2 * S**2 / (mean_scale * noise_std) ** 2) / S  # exact flow, in A's row space
+            x = x + ((y_hat - x @ A.T) @ U * gain) @ Vh
+            if not torch.isfinite(x).all():
+                raise DivergenceError(
+                    f"linear_inverse_sample's particles became non-finite at step {i} (t={t_next:.4g}): the prior score "
+                    f"is not finite there; take more steps (n_steps={n_steps})"
+                )
+            if callback is not None:
+                callback({"x": x, "i": i, "t": t_next})
+    return x
+
+
+def to_basis(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Apply the orthonormal `basis` `(C, C)` (rows) along dim 1 of `x` `(n, C, ...)`: the channels of an image,
+    the coordinates of a point. Its inverse is `to_basis(u, basis.T)`."""
+    check_tensor("x", x, min_dim=2)
+    basis = _check_basis(basis, x.shape[1])
+    return torch.einsum("cd,nd...->nc...", basis.to(x.dtype), x)
+
+
+def _check_basis(basis, channels: int) -> torch.Tensor:
+    if not isinstance(basis, torch.Tensor) or basis.shape != (channels, channels):
+        got = tuple(basis.shape) if isinstance(basis, torch.Tensor) else type(basis).__name__
+        raise ValueError(f"basis must be an orthonormal ({channels}, {channels}) tensor for x's dim 1, got {got}")
+    eye = torch.eye(channels, dtype=basis.dtype)
+    if not torch.allclose(basis @ basis.T, eye, atol=1e-6):
+        raise ValueError("basis must be orthonormal (basis @ basis.T = I)")
+    return basis
+
+
+def in_basis(score: Callable, basis: torch.Tensor) -> Callable:
+    """The score of u = basis x, as `(u, t) -> basis s(basis^T u, t)` (an orthogonal change of variables)."""
+    check_callable("score", score)
+    return lambda u, t: to_basis(score(to_basis(u, basis.T), t), basis)
+
+
+def colorize(score: Callable, sde, gray: torch.Tensor, n_steps: int, *, generator=None, **pc_kwargs) -> torch.Tensor:
+    r"""Colour images (or 3-channel points) from their grey level by inpainting in `COLOR_BASIS` (Song et al. 2021, App. I.3).
+
+    The grey level g = (R + G + B) / 3 fixes the first coordinate of u = Q x, sqrt(3) g; the two chroma coordinates
+    are unknown. `pc_sample` inpaints them with the score of u (`in_basis`), and the result is mapped back.
+
+    Args:
+        score: `(x, t) -> s(x, t)` for x `(n, 3, ...)`. gray: `(n, 1, ...)` grey levels (channel mean).
+        n_steps, generator and further keyword arguments (predictor, corrector, snr, eps): as `pc_sample`.
+    Returns:
+        `(n, 3, ...)` colour samples whose channel mean equals `gray`.
+    """
+    check_tensor("gray", gray, min_dim=2)
+    if gray.shape[1] != 1:
+        raise ValueError(f"gray must have one channel (n, 1, ...), got shape {tuple(gray.shape)}")
+    check_int("n_steps", n_steps, minimum=1)
+    shape = (gray.shape[0], 3, *gray.shape[2:])
+    generator = as_generator(generator, gray.device)
+    known = torch.cat([math.sqrt(3) * gray, gray.new_zeros(shape[0], 2, *shape[2:])], dim=1)
+    mask = torch.zeros((1, 3) + (1,) * (gray.ndim - 2), dtype=torch.bool, device=gray.device)
+    mask[:, 0] = True
+    u_T = sde.prior_sample(shape, generator=generator, dtype=gray.dtype, device=gray.device)
+    u = pc_sample(in_basis(score, COLOR_BASIS), sde, u_T, n_steps, mask=mask, known=known, generator=generator, **pc_kwargs)
+    return to_basis(u, COLOR_BASIS.T)

@@ -1,0 +1,288 @@
+"""Guidance, posteriors, tilted densities and energy-based models against exact answers (lessons 07-08)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import scorelab as sl
+from scorelab import guidance, losses, metrics, sampling
+from scorelab.distributions import _quadrature_nodes, log_partition
+
+MEANS = torch.tensor([[-3.0, 0.0], [1.0, 0.0], [3.0, 1.6], [3.0, -1.6]], dtype=torch.float64)
+COVS = torch.tensor([[[0.5, 0.1], [0.1, 0.4]], [[0.5, 0.0], [0.0, 0.5]], [[0.3, -0.1], [-0.1, 0.6]], [[0.5, 0.0], [0.0, 0.2]]])
+LABELLED = sl.GaussianMixture([0.2, 0.3, 0.25, 0.25], MEANS, COVS, labels=[0, 0, 1, 1], dtype=torch.float64)
+SDES = [sl.VPSDE(), sl.VESDE(sigma_max=20.0), sl.SubVPSDE(), sl.OUSDE(3.0)]
+
+
+def _points(n=64, seed=0):
+    return 3 * torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _times(sde, n=64, seed=1):
+    return 1e-3 + (sde.T - 1e-3) * torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+# --- classes of a mixture ------------------------------------------------------------------------------------
+
+
+def test_class_posterior_sums_component_responsibilities_and_default_labels_are_components():
+    x = _points()
+    resp = LABELLED.responsibilities(x)
+    expected = torch.stack([resp[:, :2].sum(1), resp[:, 2:].sum(1)], 1)
+    torch.testing.assert_close(LABELLED.class_log_prob(x).exp(), expected, rtol=1e-12, atol=1e-14)
+    plain = sl.GaussianMixture(LABELLED.weights, MEANS, COVS, dtype=torch.float64)
+    assert plain.n_classes == 4
+    torch.testing.assert_close(plain.class_log_prob(x).exp(), plain.responsibilities(x))
+
+
+@pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
+def test_noisy_classifier_is_the_classifier_of_the_exact_marginal(sde):
+    x, t = _points(), _times(sde)
+    noisy = LABELLED.marginal_class_log_prob(sde)(x, t)
+    for i in (0, 17, 63):
+        expected = LABELLED.marginal(sde, t[i].item()).class_log_prob(x[i : i + 1])
+        torch.testing.assert_close(noisy[i : i + 1], expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=lambda s: type(s).__name__)
+def test_guidance_with_exact_classifier_at_scale_one_is_the_exact_conditional_score(sde):
+    """Bayes' rule for scores, to float64 round-off: the autograd gradient of the exact noisy classifier, added to the
+    unconditional score, is the score of the class's own diffused mixture."""
+    x, t = _points(), _times(sde)
+    for y in (0, 1):
+        grad = guidance.classifier_gradient(LABELLED.marginal_class_log_prob(sde), y)
+        guided = guidance.classifier_guided_score(LABELLED.marginal_score(sde), grad, 1.0)(x, t)
+        exact = LABELLED.class_mixture(y).marginal_score(sde)(x, t)
+        torch.testing.assert_close(guided, exact, rtol=1e-9, atol=1e-9)
+    zero = guidance.classifier_guided_score(LABELLED.marginal_score(sde), grad, 0.0)(x, t)
+    torch.testing.assert_close(zero, LABELLED.marginal_score(sde)(x, t))
+
+
+def test_cfg_at_scale_one_is_the_conditional_score_and_interpolates_linearly():
+    net = sl.ScoreMLP(2, hidden=16, n_layers=2, n_fourier=4, n_classes=3).double()
+    x, t = _points(), torch.rand(64, dtype=torch.float64)
+    cond, uncond = guidance.with_label(net, 2), guidance.with_label(net, guidance.NULL_LABEL)
+    torch.testing.assert_close(guidance.cfg_score(cond, uncond, 1.0)(x, t), net(x, t, 2))
+    torch.testing.assert_close(guidance.cfg_score(cond, uncond, 0.0)(x, t), net(x, t, -1))
+    gamma = 3.0
+    expected = net(x, t, -1) + gamma * (net(x, t, 2) - net(x, t, -1))
+    torch.testing.assert_close(guidance.cfg_score(cond, uncond, gamma)(x, t), expected)
+    assert not torch.allclose(net(x, t, 0), net(x, t, 1))  # the label reaches the output
+
+
+def test_label_dropout_rate_and_cfg_loss_trains_both_heads():
+    labels = torch.zeros(20_000, dtype=torch.long)
+    dropped = guidance.drop_labels(labels, 0.3, generator=0)
+    rate = (dropped == guidance.NULL_LABEL).double().mean().item()
+    assert abs(rate - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 20_000)
+    assert set(dropped.unique().tolist()) == {-1, 0}
+    net = sl.ScoreMLP(2, hidden=16, n_layers=2, n_fourier=4, n_classes=2)
+    x, y = LABELLED.to(dtype=torch.float32).sample_labelled(64, generator=1)
+    loss = guidance.cfg_dsm(sl.sde.condition_on_std(net, sl.VPSDE()), x, y, sl.VPSDE(), p_uncond=0.5, generator=2)
+    loss.backward()
+    grads = net.label_embed.weight.grad
+    assert torch.isfinite(loss) and (grads.abs().sum(1) > 0).all()  # rows 0, 1 and the null row all trained
+
+
+def test_sample_labelled_matches_sample_and_labels_follow_the_components():
+    x, y = LABELLED.sample_labelled(4000, generator=3)
+    torch.testing.assert_close(x, LABELLED.sample(4000, generator=3))
+    frac = y.double().mean().item()  # p(y = 1) = 0.5
+    assert abs(frac - 0.5) < 4 * math.sqrt(0.25 / 4000)
+    # labels are drawn from p(y | x): the Bayes classifier agrees with them at the rate E[max_y p(y | x)]
+    posterior = LABELLED.class_log_prob(x).exp()
+    agree = (posterior.argmax(1) == y).double()
+    assert abs(agree.mean() - posterior.max(1).values.mean()) < 4 * agree.std() / math.sqrt(len(x))
+
+
+# --- posterior and tilted densities -------------------------------------------------------------------------
+
+
+def _grid_posterior(prior, A, y, noise_std, cells=120):
+    """Bayes' rule on a quadrature grid, independently of `posterior`: mean and covariance of p(x | y)."""
+    points, weights = _quadrature_nodes(-8, 8, cells, 2)
+    resid = y - points @ A.T
+    log_post = prior.log_prob(points) - 0.5 * (resid**2).sum(1) / noise_std**2
+    w = weights * (log_post - log_post.max()).exp()
+    w = w / w.sum()
+    mean = (w[:, None] * points).sum(0)
+    centred = points - mean
+    return mean, (w[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0)
+
+
+@pytest.mark.parametrize("A, y, noise_std", [([[1.0, 1.0]], [2.0], 0.5), ([[1.0, 0.0], [0.3, 1.0]], [2.2, 0.4], 0.7)])
+def test_posterior_matches_bayes_rule_on_a_grid_and_importance_sampling(A, y, noise_std):
+    A, y = torch.tensor(A, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    post = LABELLED.posterior(A, y, noise_std)
+    post_mean = (post.weights[:, None] * post.means).sum(0)
+    centred = post.means - post_mean
+    post_cov = (post.weights[:, None, None] * (post.covs + centred[:, :, None] * centred[:, None, :])).sum(0)
+    grid_mean, grid_cov = _grid_posterior(LABELLED, A, y, noise_std)
+    torch.testing.assert_close(post_mean, grid_mean, rtol=0, atol=1e-8)
+    torch.testing.assert_close(post_cov, grid_cov, rtol=0, atol=1e-8)
+    # importance sampling: prior draws weighted by the likelihood; tolerance from the effective sample size
+    x = LABELLED.sample(200_000, generator=4)
+    log_w = -0.5 * ((y - x @ A.T) ** 2).sum(1) / noise_std**2
+    w = (log_w - log_w.max()).exp()
+    w = w / w.sum()
+    is_mean = (w[:, None] * x).sum(0)
+    se = ((w[:, None] ** 2 * (x - is_mean) ** 2).sum(0)).sqrt()
+    assert ((is_mean - post_mean).abs() < 4 * se).all(), (is_mean, post_mean, se)
+    # the posterior density is prior x likelihood, normalised: ratios agree pointwise
+    pts = _points(32, seed=5)
+    log_ratio = post.log_prob(pts) - LABELLED.log_prob(pts) + 0.5 * ((y - pts @ A.T) ** 2).sum(1) / noise_std**2
+    torch.testing.assert_close(log_ratio, log_ratio[:1].expand(32), rtol=0, atol=1e-9)
+    assert post.n_classes == LABELLED.n_classes
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 3.0])
+def test_tilted_density_integrates_to_one_and_matches_its_special_cases(gamma):
+    log_prob = LABELLED.tilted_log_prob(0, gamma, bounds=(-9, 9), cells=60)
+    points, weights = _quadrature_nodes(-9, 9, 90, 2)  # another grid than the one that normalised it
+    assert abs((log_prob(points).exp() * weights).sum().item() - 1) < 1e-8
+    # Z = E_p[p(y | x)^gamma]: a Monte-Carlo check within 4 standard errors
+    x = LABELLED.sample(100_000, generator=6)
+    terms = (gamma * LABELLED.class_log_prob(x)[:, 0]).exp()
+    assert abs(terms.mean() - math.exp(log_prob.log_Z)) < 4 * terms.std() / math.sqrt(len(x)) + 1e-12
+    pts = _points(16)
+    if gamma == 0.0:
+        torch.testing.assert_close(log_prob(pts), LABELLED.log_prob(pts), rtol=0, atol=1e-9)
+    if gamma == 1.0:
+        assert abs(log_prob.log_Z - math.log(0.5)) < 1e-9  # Z = p(y = 0) = 0.2 + 0.3
+        torch.testing.assert_close(log_prob(pts), LABELLED.class_mixture(0).log_prob(pts), rtol=0, atol=1e-9)
+
+
+def test_tv_grid_takes_a_log_density_and_agrees_with_the_mixture_target():
+    x = LABELLED.sample(5000, generator=7)
+    as_mixture = metrics.tv_grid(x, LABELLED, bounds=(-6, 6), bins=20)
+    as_function = metrics.tv_grid(x, LABELLED.log_prob, bounds=(-6, 6), bins=20)
+    assert as_mixture == pytest.approx(as_function, rel=1e-9)
+    with pytest.raises(ValueError, match="normalised"):
+        metrics.tv_grid(x, lambda v: LABELLED.log_prob(v) + 1.0, bounds=(-6, 6), bins=20)
+
+
+# --- samplers: inpainting, inverse problems, colorization ------------------------------------------------------
+
+
+def test_linear_inverse_sampler_is_stable_conditions_and_tends_to_inpainting():
+    vp, score = sl.VPSDE(), LABELLED.marginal_score(sl.VPSDE())
+    x_T = vp.prior_sample((4000, 2), generator=8, dtype=torch.float64)
+    A, y = torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([2.2], dtype=torch.float64)
+    x = guidance.linear_inverse_sample(score, vp, x_T, 100, A, y, 1e-4, generator=9)
+    _, final_std = (c.item() for c in vp.marginal_coeffs(1e-3))
+    assert (x[:, 0] - 2.2).abs().max() < 6 * final_std  # A x = y^_eps = m y + sigma z: the known coordinate
+    # a noisy measurement moves the mean to the exact posterior's side of the prior (the bias is lesson 07's subject)
+    post = LABELLED.posterior(A, y, 0.5)
+    x = guidance.linear_inverse_sample(score, vp, x_T, 100, A, y, 0.5, generator=10)
+    post_mean = (post.weights[:, None] * post.means).sum(0)
+    prior_mean = (LABELLED.weights[:, None] * LABELLED.means).sum(0)
+    assert abs(x[:, 0].mean() - post_mean[0]) < 0.25 * abs(prior_mean[0] - post_mean[0])
+
+
+def test_explicit_likelihood_step_diverges_where_the_exact_flow_does_not():
+    """Why linear_inverse_sample solves the likelihood term's flow exactly: the Euler step of it is unstable near T."""
+    vp = sl.VPSDE()
+    prior_score = LABELLED.marginal_score(vp)
+    A, y, noise_std = torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([2.2], dtype=torch.float64), 0.3
+
+    def explicit(x, t):  # s + A^T (y^_t - A x) / (m^2 noise_std^2), y^_t = m y + sigma A z
+        m, s = (c[:, None] for c in vp.marginal_coeffs(t))
+        y_hat = m * y + s * torch.randn(len(x), 1, dtype=x.dtype)
+        return prior_score(x, t) + (y_hat - x @ A.T) @ A / (m * noise_std) ** 2
+
+    x_T = vp.prior_sample((500, 2), generator=11, dtype=torch.float64)
+    with pytest.raises(sampling.DivergenceError):
+        sampling.pc_sample(explicit, vp, x_T, 200, corrector=None, generator=12)
+    assert torch.isfinite(guidance.linear_inverse_sample(prior_score, vp, x_T, 200, A, y, noise_std, generator=12)).all()
+
+
+def test_score_in_an_orthonormal_basis_is_the_score_of_the_rotated_mixture():
+    rgb = sl.GaussianMixture([0.5, 0.5], [[0.8, 0.1, 0.1], [0.1, 0.7, 0.2]], [0.02, 0.03], dtype=torch.float64)
+    Q = guidance.COLOR_BASIS
+    rotated = sl.GaussianMixture(rgb.weights, rgb.means @ Q.T, Q @ rgb.covs @ Q.T, dtype=torch.float64)
+    u = torch.randn(16, 3, dtype=torch.float64)
+    torch.testing.assert_close(guidance.in_basis(lambda x, t: rgb.score(x), Q)(u, None), rotated.score(u))
+    torch.testing.assert_close(guidance.to_basis(guidance.to_basis(u, Q), Q.T), u)
+
+
+def test_colorize_keeps_the_grey_level_exactly_and_picks_a_colour_consistent_with_it():
+    rgb = sl.GaussianMixture([0.5, 0.5], [[0.9, 0.1, 0.1], [0.1, 0.1, 0.9]], [0.005, 0.005], dtype=torch.float64)
+    vp = sl.VPSDE()
+    x = rgb.sample(200, generator=13)
+    gray = x.mean(1, keepdim=True)
+    colour = guidance.colorize(rgb.marginal_score(vp), vp, gray, 100, corrector=None, generator=14)
+    torch.testing.assert_close(colour.mean(1, keepdim=True), gray, rtol=0, atol=1e-12)
+    # red and blue share a grey level: each sample must be one of the two, split about evenly
+    is_red = colour[:, 0] > colour[:, 2]
+    assert ((colour - rgb.means[(~is_red).long()]).norm(dim=1) < 0.4).all()
+    assert 0.3 < is_red.double().mean() < 0.7
+
+
+# --- energy-based models -----------------------------------------------------------------------------------------
+
+
+class _GaussianEnergy(torch.nn.Module):
+    """E(x) = (x - mu)^2 / (2 s^2) in 1-D, parameters mu and log s: the MLE gradient is known in closed form."""
+
+    def __init__(self, mu, log_s):
+        super().__init__()
+        self.mu, self.log_s = torch.nn.Parameter(torch.tensor(mu)), torch.nn.Parameter(torch.tensor(log_s))
+
+    def forward(self, x):
+        return 0.5 * ((x[:, 0] - self.mu) / self.log_s.exp()) ** 2
+
+
+def test_contrastive_divergence_gradient_is_the_nll_gradient_in_expectation():
+    """With exact model samples, E[grad CD] = grad NLL = (-(x_bar - mu) / s^2, 1 - E_data[(x - mu)^2] / s^2)."""
+    energy = _GaussianEnergy(0.5, math.log(1.5))
+    g = torch.Generator().manual_seed(15)
+    data = 1.2 + 0.8 * torch.randn(256, 1, generator=g, dtype=torch.float64)
+    mu, s = 0.5, 1.5
+    exact = torch.tensor([-(data.mean() - mu) / s**2, 1 - ((data - mu) ** 2).mean() / s**2], dtype=torch.float64)
+    grads = []
+    for _ in range(400):
+        energy.zero_grad()
+        model_samples = mu + s * torch.randn(256, 1, generator=g, dtype=torch.float64)
+        losses.contrastive_divergence(energy, data, model_samples).backward()
+        grads.append(torch.stack([energy.mu.grad, energy.log_s.grad]).double())
+    grads = torch.stack(grads)
+    se = grads.std(0) / math.sqrt(len(grads))
+    assert ((grads.mean(0) - exact).abs() < 4 * se).all(), (grads.mean(0), exact, se)
+
+
+def test_persistent_chains_continue_and_short_run_chains_restart():
+    energy = sl.EnergyMLP(2, hidden=8, n_layers=1)
+    x = torch.randn(32, 2)
+    init = lambda n, g: torch.zeros(n, 2)  # noqa: E731
+    short = losses.ContrastiveDivergence(3, 0.01, init)
+    short(energy, x, torch.Generator().manual_seed(0))
+    assert short.chains is None
+    pcd = losses.ContrastiveDivergence(3, 0.01, init, persistent=True, reinit=0.0)
+    pcd(energy, x, torch.Generator().manual_seed(0))
+    first = pcd.chains.clone()
+    pcd(energy, x, torch.Generator().manual_seed(1))
+    steps_from_zero = losses.ContrastiveDivergence(3, 0.01, init)
+    assert not torch.allclose(pcd.chains, first) and (pcd.chains - first).norm() < (pcd.chains.norm() + first.norm())
+    loss = steps_from_zero(energy, x, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert all(p.grad is not None for p in energy.parameters())
+
+
+def test_log_partition_of_a_gaussian_energy_and_of_a_normalised_mixture():
+    s = 0.7
+    log_z = log_partition(lambda x: 0.5 * (x**2).sum(1) / s**2, 2, (-8, 8), 40)
+    assert abs(log_z - math.log(2 * math.pi * s**2)) < 1e-10
+    assert abs(log_partition(lambda x: -LABELLED.log_prob(x), 2, (-10, 10), 60)) < 1e-9
+    assert abs(log_partition(lambda x: 0.5 * x[:, 0] ** 2, 1, (-10, 10), 50) - 0.5 * math.log(2 * math.pi)) < 1e-10
+
+
+def test_learned_energy_normalised_by_quadrature_is_a_density():
+    energy = sl.EnergyMLP(2, hidden=16, n_layers=2)
+    log_z = log_partition(energy, 2, (-6, 6), 30)
+    points, weights = _quadrature_nodes(-6, 6, 45, 2)
+    with torch.no_grad():
+        mass = (weights * (-energy(points.float()).double() - log_z).exp()).sum().item()
+    assert abs(mass - 1) < 1e-4  # float32 energy: round-off, not quadrature, limits this
+    assert np.isfinite(log_z)
