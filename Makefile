@@ -42,10 +42,12 @@ lab: $(STAMP)
 
 ## make bench: benchmarks that print ratios measured side by side
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) bench/threads.py
 	$(PY) bench/sampling.py
 	$(PY) bench/sampling.py --particles 100000 --steps 10 --parts a
 	$(PY) bench/likelihood.py
+	$(PY) bench/images.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check scorelab tests bench tools

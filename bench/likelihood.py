@@ -26,23 +26,23 @@ from scorelab.sde import condition_on_std, probability_flow_drift
 
 
 def baseline_log_prob(score, sde, x, divergence, probes, eps, rtol, atol):
-    """The same computation through scipy.solve_ivp, numpy <-> torch at every evaluation."""
+    """The same computation through scipy.solve_ivp, numpy <-> torch (and host <-> device) at every evaluation."""
     shape, n = x.shape, len(x)
     nfe = 0
 
     def rhs(t, state):
         nonlocal nfe
         nfe += 1
-        y = torch.as_tensor(state[:-n].reshape(shape), dtype=x.dtype).requires_grad_(True)
+        y = torch.as_tensor(state[:-n].reshape(shape), dtype=x.dtype, device=x.device).requires_grad_(True)
         with torch.enable_grad():
             field = probability_flow_drift(sde, score, y, torch.full((n,), t, dtype=x.dtype))
             div = _exact_divergence(field, y) if divergence == "exact" else _hutchinson_divergence(field, y, probes)
-        return np.concatenate([field.detach().numpy().ravel(), div.detach().numpy()]).astype(np.float64)
+        return np.concatenate([field.detach().cpu().numpy().ravel(), div.detach().cpu().numpy()]).astype(np.float64)
 
-    state0 = np.concatenate([x.numpy().ravel(), np.zeros(n)]).astype(np.float64)
+    state0 = np.concatenate([x.cpu().numpy().ravel(), np.zeros(n)]).astype(np.float64)
     solution = solve_ivp(rhs, (eps, sde.T), state0, rtol=rtol, atol=atol, method="RK45")
-    x_T = torch.as_tensor(solution.y[:-n, -1].reshape(shape), dtype=x.dtype)
-    return sde.prior_log_prob(x_T) + torch.as_tensor(solution.y[-n:, -1], dtype=x.dtype), nfe
+    x_T = torch.as_tensor(solution.y[:-n, -1].reshape(shape), dtype=x.dtype, device=x.device)
+    return sde.prior_log_prob(x_T) + torch.as_tensor(solution.y[-n:, -1], dtype=x.dtype, device=x.device), nfe
 
 
 def main(argv=None) -> None:

@@ -5,6 +5,8 @@
     torchrun --nproc_per_node=4 -m scorelab train --config cifar10-vp --data ~/data/cifar10
     scorelab sample --ckpt runs/mnist/checkpoint.pt --sampler pc --n 64 --out grid.png
     scorelab sample --ckpt runs/mnist/checkpoint.pt --inpaint --n 8 --out inpainted.png
+    scorelab classifier --config mnist --data ~/data/mnist --out runs/mnist-classifier   # for classifier-FID
+    scorelab train --config mnist-vp --data ~/data/mnist classifier=runs/mnist-classifier/classifier.pt fid_every=1000
 
 Every option of a run is a field of `RunConfig` (typed, one comment each). `--config NAME` starts from a preset
 of `CONFIGS`; `key=value` arguments override fields: a `RunConfig` field (`sde=ve`, `unet=tiny`), a
@@ -25,12 +27,23 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from . import datasets, losses, sampling
+from . import datasets, losses, metrics, sampling
 from ._checks import check_choice, check_int, check_positive
-from .nets import EMA, UNET_PRESETS, UNet, UNetConfig
+from .nets import EMA, UNET_PRESETS, ImageClassifier, UNet, UNetConfig
 from .sde import VESDE, VPSDE, SubVPSDE, condition_on_std
-from .train import CheckpointError, TrainConfig, fit, init_distributed, load_checkpoint, resolve_device
+from .train import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    TrainConfig,
+    _load_module_state,
+    fit,
+    init_distributed,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
 from .viz import save_image_grid
 
 #: the SDEs a run can use, built from a `RunConfig`
@@ -62,6 +75,9 @@ class RunConfig:
     sample_every: int = 1000  # steps between grids of samples written during training (0: only at the end)
     n_samples: int = 64  # images per grid
     sample_steps: int = 500  # predictor-corrector steps for those grids
+    classifier: str | None = None  # checkpoint of `scorelab classifier`: log classifier-FID of EMA samples to log.jsonl
+    fid_every: int = 0  # steps between classifier-FID measurements (0: every sample_every steps); checked at log_every steps
+    fid_samples: int = 500  # EMA samples per measurement, compared with the holdout images
 
     def __post_init__(self):
         check_choice("dataset", self.dataset, DATASETS)
@@ -78,6 +94,8 @@ class RunConfig:
         check_int("sample_every", self.sample_every, minimum=0)
         check_int("n_samples", self.n_samples, minimum=1)
         check_int("sample_steps", self.sample_steps, minimum=1)
+        check_int("fid_every", self.fid_every, minimum=0)
+        check_int("fid_samples", self.fid_samples, minimum=2)
 
 
 def _shapes_config(sde: str, **changes) -> RunConfig:
@@ -255,7 +273,7 @@ def train_command(args) -> Path:
     if rank == 0:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    log = {"time": time.perf_counter(), "step": None, "sampled": 0}
+    log = {"time": time.perf_counter(), "step": None, "sampled": 0, "measured": 0, "train_seconds": 0.0}
 
     def write_grid(step: int) -> Path:
         images, _ = draw_samples(ema.module, config, (config.n_samples, *image_shape), device, n_steps=config.sample_steps)
@@ -263,12 +281,33 @@ def train_command(args) -> Path:
         save_image_grid(images, path)
         return path
 
+    judge = load_classifier(config.classifier, device)[0] if config.classifier and rank == 0 else None
+    holdout = datasets.to_model_range(pixels[len(pixels) - config.holdout :]) if judge is not None else None
+    fid_every = config.fid_every or config.sample_every
+
+    def measure_fid(step: int) -> dict:  # classifier-FID of EMA samples against the holdout images
+        fakes, _ = draw_samples(ema.module, config, (config.fid_samples, *image_shape), device, n_steps=config.sample_steps)
+        r = metrics.classifier_fid(holdout, fakes.clamp(-1, 1), judge)  # pixel range, as saved images are
+        return {
+            "step": step,
+            "train_seconds": log["train_seconds"],
+            "classifier_fid": r.fid,
+            "mean_confidence": r.mean_confidence,
+            "confident_fraction": r.confident_fraction,
+            "class_histogram": [round(float(v), 4) for v in r.class_histogram],
+        }
+
     def on_log(info: dict) -> None:  # rank 0 only: a JSON line of loss and speed, and a grid every sample_every steps
         step, now = info["i"] + 1, time.perf_counter()
         done = step - (log["step"] if log["step"] is not None else step - len(info["losses"]))
+        log["train_seconds"] += now - log["time"]
         record = {"step": step, "loss": info["loss"], "images_per_s": done * config.train.batch_size * world / (now - log["time"])}
+        records = [record]
+        if judge is not None and fid_every and step // fid_every > log["measured"]:
+            log["measured"] = step // fid_every
+            records.append(measure_fid(step))
         with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.writelines(json.dumps(r) + "\n" for r in records)
         if config.sample_every and step // config.sample_every > log["sampled"]:
             log["sampled"] = step // config.sample_every
             write_grid(step)
@@ -317,6 +356,56 @@ def sample_command(args) -> Path:
     return Path(args.out)
 
 
+#: `scorelab classifier --config NAME`: the data settings of preset NAME-vp, and default optimiser steps (batch 128)
+CLASSIFIER_STEPS = {"shapes": 300, "mnist": 2000, "cifar10": 6000}
+
+
+def classifier_command(args) -> Path:
+    """Train `nets.ImageClassifier` on a dataset's training images, report its accuracy on the `holdout` images
+    (the ones `scorelab train` never sees) and write `classifier.pt`, the judge of `metrics.classifier_fid`."""
+    config = CONFIGS[f"{args.config}-vp"]
+    if args.split:
+        config = replace(config, split=args.split)
+    steps = args.steps or CLASSIFIER_STEPS[args.config]
+    train = TrainConfig(n_steps=steps, batch_size=args.batch_size or 128, lr=3e-3, warmup_steps=min(100, steps // 10),
+                        log_every=50, device=args.device, progress=config.train.progress, seed=args.seed)  # fmt: skip
+    config = replace(config, train=train)
+    device = resolve_device(args.device)
+    pixels, labels = load_images(config, args.data)
+    images = datasets.to_model_range(pixels)
+    n_train = len(images) - config.holdout
+    n_classes = int(labels.max()) + 1
+    torch.manual_seed(args.seed)
+    spec = {"channels": images.shape[1], "n_classes": n_classes, "width": args.width}
+    model = ImageClassifier(**spec)
+    out = Path(args.out or f"runs/{args.config}-classifier")
+    path = out / "classifier.pt"
+    if path.exists():
+        raise ValueError(f"{path} exists: choose another --out (a classifier is cheap to retrain, never silently replaced)")
+    fit(model, lambda m, b, g: F.cross_entropy(m(b[0]), b[1]), (images[:n_train], labels[:n_train]), train)
+    model.eval()
+    with torch.no_grad():
+        held = [model(chunk.to(device)).argmax(1).cpu() for chunk in images[n_train:].split(500)]
+    accuracy = (torch.cat(held) == labels[n_train:]).double().mean().item()
+    metadata = {"classifier": spec, "dataset": config.dataset, "split": config.split, "holdout": config.holdout,
+                "image_shape": list(images.shape[1:]), "holdout_accuracy": accuracy, "steps": steps}  # fmt: skip
+    state = {"format": CHECKPOINT_FORMAT, "model": {k: v.cpu() for k, v in model.state_dict().items()}, "metadata": metadata}
+    save_checkpoint(state, path)
+    print(f"classifier: accuracy {accuracy:.4f} on the {config.holdout} holdout images of {config.dataset} -> {path}")
+    return path
+
+
+def load_classifier(path, device="cpu") -> tuple[ImageClassifier, dict]:
+    """The `ImageClassifier` written by `scorelab classifier`, in eval mode on `device`, and its metadata (accuracy)."""
+    state = load_checkpoint(path, required=("model", "metadata"))
+    meta = state["metadata"]
+    if not isinstance(meta, dict) or not isinstance(meta.get("classifier"), dict):
+        raise CheckpointError(f"{path} was not written by `scorelab classifier` (no classifier specification)")
+    model = ImageClassifier(**meta["classifier"])
+    _load_module_state(model, state["model"], "classifier", Path(path))
+    return model.to(device).eval(), meta
+
+
 def _none(name: str) -> str | None:
     return None if name == "none" else name
 
@@ -339,6 +428,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("overrides", nargs="*", metavar="key=value", help="override any RunConfig, TrainConfig or unet.FIELD setting")
     t.set_defaults(overrides=[])
+    c = sub.add_parser("classifier", help="train the small classifier that classifier-FID uses")
+    c.add_argument("--config", required=True, choices=sorted(CLASSIFIER_STEPS), help="dataset (its preset's data settings)")
+    c.add_argument("--data", help="folder with the dataset's standard files (not needed for shapes)")
+    c.add_argument("--split", choices=sorted(datasets.IDX_FILES), help="split to use (default: the preset's); its last images are held out")
+    c.add_argument("--out", help="folder for classifier.pt (default runs/CONFIG-classifier)")
+    c.add_argument("--steps", type=int, help="optimiser steps (default per dataset)")
+    c.add_argument("--batch-size", type=int, help="images per step (default 128)")
+    c.add_argument("--width", type=int, default=16, help="channels of the first convolution")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto")
     s = sub.add_parser("sample", help="draw images from a trained checkpoint")
     s.add_argument("--ckpt", required=True, help="checkpoint.pt written by scorelab train")
     s.add_argument("--sampler", choices=("pc", "ode"), default="pc")
@@ -356,6 +455,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+COMMANDS = {"train": train_command, "sample": sample_command, "classifier": classifier_command}
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -369,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "train" and rest or any("=" not in item or item.startswith("-") for item in rest):
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        (train_command if args.command == "train" else sample_command)(args)
+        COMMANDS[args.command](args)
         if _distributed():  # every rank done before any tears the group down (gloo can abort a process that exits mid-way)
             torch.distributed.barrier()
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:  # CheckpointError is a ValueError

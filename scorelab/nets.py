@@ -111,9 +111,7 @@ class ScoreMLP(nn.Module):
         if (y is None) != (self.label_embed is None):
             raise TypeError("y: call a model with n_classes > 0 as model(x, c, y), any other as model(x, c)")
         c = check_per_sample("c", c, x.shape[0], h)
-        if self.log_condition or self.divide_by_sigma:
-            check_positive("c", c)
-        features = [h, self.embed(c.log() if self.log_condition else c)]
+        features = [h, _embed_condition(self.embed, "c", c, self.log_condition, positive=self.divide_by_sigma)]
         if y is not None:
             labels = check_labels("y", y, x.shape[0], self.n_classes, allow_null=True).to(h.device)
             features.append(self.label_embed(labels % (self.n_classes + 1)))  # -1 -> row C, "no label"
@@ -145,9 +143,7 @@ class ClassifierMLP(nn.Module):
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:
         h = _flatten_features(x, self.dim, self.net[0].weight.dtype)
         t = check_per_sample("t", t, x.shape[0], h)
-        if self.log_condition:
-            check_positive("t", t)
-        return self.net(torch.cat([h, self.embed(t.log() if self.log_condition else t)], dim=1)).to(x.dtype)
+        return self.net(torch.cat([h, _embed_condition(self.embed, "t", t, self.log_condition)], dim=1)).to(x.dtype)
 
 
 class EnergyMLP(nn.Module):
@@ -172,6 +168,13 @@ class EnergyMLP(nn.Module):
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """-grad_x E(x), same shape as `x`."""
         return score_from_energy(self)(x)
+
+
+def _embed_condition(embed: FourierFeatures, name: str, c: torch.Tensor, log_condition: bool, positive: bool = False) -> torch.Tensor:
+    """Fourier features of a per-sample condition `(n,)`, or of its log (then, or when `positive`, it must be > 0)."""
+    if log_condition or positive:
+        check_positive(name, c)
+    return embed(c.log() if log_condition else c)
 
 
 def _flatten_features(x: torch.Tensor, dim: int, dtype: torch.dtype) -> torch.Tensor:
