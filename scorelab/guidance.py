@@ -31,7 +31,7 @@ from ._checks import (
     check_tensor,
 )
 from .losses import REDUCTIONS, _reduce, diffuse, sde_dsm
-from .sampling import PREDICTORS, DivergenceError, _randn_like, pc_sample
+from .sampling import PREDICTORS, DivergenceError, _FiniteGuard, _randn_like, pc_sample
 
 #: the label that means "no label" to a `ScoreMLP(..., n_classes=C)`: classifier-free guidance's null token
 NULL_LABEL = -1
@@ -228,19 +228,21 @@ def linear_inverse_sample(
     generator = as_generator(generator, x.device)
     times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
     x = x.detach().clone()
+    guard = _FiniteGuard(n_steps, callback)
     with torch.no_grad():
         for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
-            x, _ = PREDICTORS["reverse_diffusion"](sde, score, x, t, t_next, _randn_like(x, generator))
+            error = lambda steps, t_next=t_next: DivergenceError(  # noqa: E731
+                f"linear_inverse_sample's particles became non-finite {steps} (by t={t_next:.4g}): the prior score "
+                f"is not finite there; take more steps (n_steps={n_steps})"
+            )
+            with guard.step(x, i, error):
+                x, _ = PREDICTORS["reverse_diffusion"](sde, score, x, t, t_next, _randn_like(x, generator))
             mean_scale, std = (c.item() for c in sde.marginal_coeffs(t_next))
             y_hat = mean_scale * y + std * (_randn_like(x, generator) @ A.T)  # a draw of p(y_t | y)
             b2 = sde.transition_coeffs(t_next, t)[1].item() ** 2
             gain = -torch.expm1(-b2 * S**2 / (mean_scale * noise_std) ** 2) / S  # exact flow, in A's row space
             x = x + ((y_hat - x @ A.T) @ U * gain) @ Vh
-            if not torch.isfinite(x).all():
-                raise DivergenceError(
-                    f"linear_inverse_sample's particles became non-finite at step {i} (t={t_next:.4g}): the prior score "
-                    f"is not finite there; take more steps (n_steps={n_steps})"
-                )
+            guard.check(x, i, error)
             if callback is not None:
                 callback({"x": x, "i": i, "t": t_next})
     return x

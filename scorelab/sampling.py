@@ -3,9 +3,10 @@ r"""Samplers driven by a score: Langevin dynamics, MALA and annealed Langevin dy
 All share one shape of signature, `(score, x, schedule..., *, generator=None, callback=None)`:
 `x` is the starting batch `(n, *dims)` (returned samples have its shape), `generator` is a
 `torch.Generator` or an int seed, and `callback`, if given, receives a dict per step with
-at least `x`, `i` (global step) and the step size. Every sampler checks its particles after
-each step and raises `ValueError` naming the step size (and level) when any becomes
-non-finite, instead of returning NaN.
+at least `x`, `i` (global step) and the step size. Every sampler checks its particles every
+`CHECK_EVERY` steps (each check is a host sync), after the last step and at every step a callback
+sees, and raises `DivergenceError` (a `ValueError`) naming the steps and the step size (and level)
+when any became non-finite, instead of returning NaN.
 
 Step-size convention. Here one Langevin step is
 
@@ -25,6 +26,7 @@ and 06 (`exponential_integrator`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable
@@ -51,9 +53,43 @@ class DivergenceError(FloatingPointError, ValueError):
     (A ValueError too, as the samplers' bad-argument errors are.)"""
 
 
-def _divergence(i: int, where: str) -> DivergenceError:
-    return DivergenceError(
-        f"Langevin particles became non-finite at step {i} ({where}): the step is too large for this score; reduce step_size"
+#: the step-by-step samplers check their particles for NaN/inf every this many steps, after the last step, and at every
+#: step a callback sees: each check is a host sync, which on a GPU stalls the queue of kernels (a non-finite particle
+#: stays non-finite, so a later check still catches it)
+CHECK_EVERY = 10
+
+
+class _FiniteGuard:
+    """Finiteness checks of a sampler's particles at due steps: `check` raises `error(steps)` (steps: "at step 7" or
+    "at one of steps 0-9") when they stopped being finite; `step` wraps one step so that a `ValueError` a score raises
+    because its input is already non-finite (library scores check their input) is reported the same way."""
+
+    def __init__(self, n_steps: int, callback):
+        self.n_steps, self.every_step, self.checked = n_steps, callback is not None, -1
+
+    def _steps(self, last: int) -> str:
+        first = self.checked + 1
+        return f"at step {last}" if first >= last else f"at one of steps {first}-{last}"
+
+    def check(self, x: torch.Tensor, i: int, error) -> None:
+        if self.every_step or (i + 1) % CHECK_EVERY == 0 or i + 1 == self.n_steps:
+            if not torch.isfinite(x).all():
+                raise error(self._steps(i))
+            self.checked = i
+
+    @contextlib.contextmanager
+    def step(self, x: torch.Tensor, i: int, error):
+        try:
+            yield
+        except ValueError as err:
+            if isinstance(err, DivergenceError) or torch.isfinite(x).all():
+                raise
+            raise error(self._steps(i)) from None
+
+
+def _divergence(where: str):
+    return lambda steps: DivergenceError(
+        f"Langevin particles became non-finite {steps} ({where}): the step is too large for this score; reduce step_size"
     )
 
 
@@ -99,11 +135,11 @@ def langevin(
     _check_callback(callback)
     score = checked_score(score)
     noise_scale = math.sqrt(2 * step_size)
+    guard, error = _FiniteGuard(n_steps, callback), _divergence(f"step_size={step_size:.3g}")
     for i in range(n_steps):
-        with torch.no_grad():
+        with guard.step(x, i, error), torch.no_grad():
             x = x + step_size * score(x) + noise_scale * _randn_like(x, generator)
-        if not torch.isfinite(x).all():
-            raise _divergence(i, f"step_size={step_size:.3g}")
+        guard.check(x, i, error)
         if callback is not None:
             callback({"x": x, "i": i, "step_size": step_size})
     return x
@@ -144,20 +180,22 @@ def mala(
         return -((to - frm - step_size * grad_frm) ** 2).reshape(len(to), -1).sum(1) / (4 * step_size)
 
     lp_x, grad_x = log_prob_and_score(x)
-    n_accepted = 0
+    n_accepted = torch.zeros((), dtype=torch.int64, device=x.device)  # summed on the device: no host sync per step
+    guard, error = _FiniteGuard(n_steps, callback), _divergence(f"step_size={step_size:.3g}")
     for i in range(n_steps):
         y = x + step_size * grad_x + math.sqrt(2 * step_size) * _randn_like(x, generator)
-        lp_y, grad_y = log_prob_and_score(y)
+        with guard.step(x, i, error):
+            lp_y, grad_y = log_prob_and_score(y)
         log_alpha = lp_y - lp_x + log_q(x, y, grad_y) - log_q(y, x, grad_x)
         u = torch.rand(len(x), generator=generator, dtype=x.dtype, device=x.device)
         accepted = torch.isfinite(log_alpha) & (u.log() < log_alpha)
         keep = append_dims(accepted, x.ndim)
         x, grad_x, lp_x = torch.where(keep, y, x), torch.where(keep, grad_y, grad_x), torch.where(accepted, lp_y, lp_x)
-        n_accepted += int(accepted.sum())
-        if not torch.isfinite(x).all():
-            raise _divergence(i, f"step_size={step_size:.3g}")
+        n_accepted += accepted.sum()
+        guard.check(x, i, error)
         if callback is not None:
             callback({"x": x, "i": i, "step_size": step_size, "accepted": accepted})
+    n_accepted = int(n_accepted)
     if n_steps and not n_accepted:
         warnings.warn(
             f"mala accepted none of {n_steps * len(x)} proposals: the chain did not move; reduce step_size (now {step_size:.3g})",
@@ -230,17 +268,18 @@ def annealed_langevin(
     mask, known = _inpainting(mask, known, x)
     sigma_l = sigmas[-1].item()
     i = 0
+    guard = _FiniteGuard(len(sigmas) * n_steps_each, callback)
     for level, sigma in enumerate(sigmas.tolist()):
         alpha = step_size * sigma**2 / sigma_l**2
         noise_scale = math.sqrt(2 * alpha)
         sigma_batch = torch.full((len(x),), sigma, dtype=x.dtype, device=x.device)
         for _ in range(n_steps_each):
-            with torch.no_grad():
+            error = _divergence(f"by level {level}, sigma={sigma:.3g}, alpha_i={alpha:.3g} from step_size={step_size:.3g}")
+            with guard.step(x, i, error), torch.no_grad():
                 if mask is not None:
                     x = torch.where(mask, known + sigma * _randn_like(x, generator), x)
                 x = x + alpha * score(x, sigma_batch) + noise_scale * _randn_like(x, generator)
-            if not torch.isfinite(x).all():
-                raise _divergence(i, f"level {level}, sigma={sigma:.3g}, alpha_i={alpha:.3g} from step_size={step_size:.3g}")
+            guard.check(x, i, error)
             if callback is not None:
                 callback({"x": x, "i": i, "level": level, "sigma": sigma, "step_size": alpha})
             i += 1
@@ -378,19 +417,21 @@ def pc_sample(
 
     x = impose_known(x, times[0])
     x_mean = x
+    guard = _FiniteGuard(n_steps, callback)
     with torch.no_grad():
         for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
-            if predict is not None:
-                x, x_mean = predict(sde, score, x, t, t_next, _randn_like(x, generator))
-            if correct is not None:
-                for _ in range(n_corrector_steps):
-                    x, x_mean = correct(sde, score, x, t_next, t, _randn_like(x, generator), snr)
+            error = lambda steps, t_next=t_next: DivergenceError(  # noqa: E731
+                f"pc_sample's particles became non-finite {steps} (by t={t_next:.4g}, predictor={predictor}, "
+                f"corrector={corrector}, snr={snr}): lower snr or take more steps (n_steps={n_steps})"
+            )
+            with guard.step(x, i, error):
+                if predict is not None:
+                    x, x_mean = predict(sde, score, x, t, t_next, _randn_like(x, generator))
+                if correct is not None:
+                    for _ in range(n_corrector_steps):
+                        x, x_mean = correct(sde, score, x, t_next, t, _randn_like(x, generator), snr)
             x = impose_known(x, t_next)
-            if not torch.isfinite(x).all():
-                raise DivergenceError(
-                    f"pc_sample's particles became non-finite at step {i} (t={t_next:.4g}, predictor={predictor}, "
-                    f"corrector={corrector}, snr={snr}): lower snr or take more steps (n_steps={n_steps})"
-                )
+            guard.check(x, i, error)
             if callback is not None:
                 callback({"x": x, "x_mean": x_mean, "i": i, "t": t_next})
         if denoise:
@@ -451,15 +492,17 @@ def exponential_integrator(
     generator = as_generator(generator, x.device)
     growth, drift_scale, noise_scale = math.exp(h), 2 * math.expm1(h), math.sqrt(math.expm1(2 * h))
     x = x.detach().clone()
+    guard = _FiniteGuard(n_steps, callback)
     with torch.no_grad():
         for i in range(n_steps):
             t = T - i * h
-            x = growth * x + drift_scale * score(x, _time_batch(t, x)) + noise_scale * _randn_like(x, generator)
-            if not torch.isfinite(x).all():
-                raise DivergenceError(
-                    f"exponential_integrator's particles became non-finite at step {i} (t={t:.4g}): "
-                    f"the score is not finite or too large there; take smaller steps (h={h})"
-                )
+            error = lambda steps, t=t: DivergenceError(  # noqa: E731
+                f"exponential_integrator's particles became non-finite {steps} (by t={t:.4g}): "
+                f"the score is not finite or too large there; take smaller steps (h={h})"
+            )
+            with guard.step(x, i, error):
+                x = growth * x + drift_scale * score(x, _time_batch(t, x)) + noise_scale * _randn_like(x, generator)
+            guard.check(x, i, error)
             if callback is not None:
                 callback({"x": x, "i": i, "t": T - (i + 1) * h})
     return x

@@ -97,8 +97,10 @@ def test_integrator_rejects_bad_T_and_h(T, h, message):
 
 
 def test_integrator_raises_on_divergence():
-    with pytest.raises(sampling.DivergenceError, match="step 0"):
+    with pytest.raises(sampling.DivergenceError, match="steps 0-1"):  # checked after the last step, no sync before
         sampling.exponential_integrator(lambda x, t: x * float("nan"), torch.zeros(3, 1), 1.0, 0.5)
+    with pytest.raises(sampling.DivergenceError, match=r"at step 0\b"):  # a callback sees every step: checked there
+        sampling.exponential_integrator(lambda x, t: x * float("nan"), torch.zeros(3, 1), 1.0, 0.5, callback=print)
 
 
 # --- exact and Monte-Carlo TV and KL ----------------------------------------------------------------------------

@@ -317,3 +317,28 @@ def test_every_sampler_and_likelihood_raises_instead_of_returning_nan(name, run,
     outputs = out if isinstance(out, tuple) else (out,)
     tensors = [o for o in outputs if isinstance(o, torch.Tensor)]
     assert all(torch.isfinite(t).all() for t in tensors), f"{name}: returned non-finite values without an error"
+
+
+def test_finiteness_is_checked_every_k_steps_and_names_the_step_range():
+    """No host sync per step: particles are checked every CHECK_EVERY steps and after the last (every step when a
+    callback looks at them), and the error names the range of steps in which they went non-finite."""
+    from scorelab.sampling import CHECK_EVERY, DivergenceError
+
+    calls = {"n": 0}
+
+    def score_nan_from_step_3(x):
+        calls["n"] += 1
+        return -x if calls["n"] <= 3 else torch.full_like(x, math.nan)
+
+    x = torch.zeros(4, 2)
+    with pytest.raises(DivergenceError, match=rf"at one of steps 0-{CHECK_EVERY - 1}\b.*step_size"):
+        sampling.langevin(score_nan_from_step_3, x, 0.1, 3 * CHECK_EVERY)
+    calls["n"] = 0
+    with pytest.raises(DivergenceError, match=r"at step 3\b"):
+        sampling.langevin(score_nan_from_step_3, x, 0.1, 3 * CHECK_EVERY, callback=lambda info: None)
+    calls["n"] = 0
+    with pytest.raises(DivergenceError, match=r"at one of steps 0-4\b"):  # the last step is always checked
+        sampling.langevin(score_nan_from_step_3, x, 0.1, 5)
+    calls["n"] = 0
+    with pytest.raises(DivergenceError, match=rf"at one of steps 0-{CHECK_EVERY - 1}\b.*level 0"):
+        sampling.annealed_langevin(lambda v, s: score_nan_from_step_3(v), x, [1.0, 0.5], 0.01, 2 * CHECK_EVERY)
