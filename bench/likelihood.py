@@ -45,6 +45,48 @@ def baseline_log_prob(score, sde, x, divergence, probes, eps, rtol, atol):
     return sde.prior_log_prob(x_T) + torch.as_tensor(solution.y[-n:, -1], dtype=x.dtype, device=x.device), nfe
 
 
+def divergence_costs(score, sde, x, repeats: int) -> None:
+    """One evaluation of div F at 1000 points by each way of computing it, checked to agree, timed in turns."""
+    t = torch.full((len(x),), 0.3, dtype=x.dtype)
+    D = x[0].numel()
+    basis = torch.eye(D, dtype=x.dtype).reshape(D, 1, *x.shape[1:]).expand(D, *x.shape)
+
+    def field(y):
+        return probability_flow_drift(sde, score, y, t)
+
+    def backward_passes():  # scorelab: D backward passes through one graph
+        with torch.enable_grad():
+            y = x.detach().requires_grad_(True)
+            return _exact_divergence(field(y), y)
+
+    def batched_backward():  # one vmapped backward pass over the D basis vectors
+        with torch.enable_grad():
+            y = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(field(y), y, grad_outputs=basis, is_grads_batched=True)
+        return g.reshape(D, len(x), D).diagonal(dim1=0, dim2=2).sum(-1)
+
+    def forward_mode():  # torch.func: vmap over the basis of jvp
+        jv = torch.func.vmap(lambda v: torch.func.jvp(field, (x,), (v,))[1])(basis)
+        return jv.reshape(D, len(x), D).diagonal(dim1=0, dim2=2).sum(-1)
+
+    def hutchinson():  # one vector-Jacobian product (an estimate, not the exact divergence)
+        with torch.enable_grad():
+            y = x.detach().requires_grad_(True)
+            return _hutchinson_divergence(field(y), y, basis[:1])
+
+    ways = {"D backward passes (scorelab)": backward_passes, "one batched backward": batched_backward,
+            "forward mode, vmap(jvp)": forward_mode, "Hutchinson, one vjp": hutchinson}  # fmt: skip
+    reference = backward_passes()
+    for name in list(ways)[1:3]:
+        gap = (ways[name]() - reference).abs().max().item()
+        assert gap < 1e-4 * (1 + reference.abs().max().item()), f"{name} disagrees by {gap}"
+    times = interleaved({name: (lambda f=f: [f() for _ in range(20)]) for name, f in ways.items()}, repeats)
+    base = statistics.median(times["D backward passes (scorelab)"])
+    for name, ts in times.items():
+        per = [1e3 * v / 20 for v in ts]
+        print(f"    {name:30s} {median_and_spread(per):>22s} ms   {base / statistics.median(ts):.2f}x")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="ODE likelihood throughput")
     parser.add_argument("--points", type=int, default=1000)
@@ -75,6 +117,8 @@ def main(argv=None) -> None:
     print(f"  scorelab (torchdiffeq dopri5)        {rates['ours']:>24s} points/s   NFE {nfe_ours}")
     ratio = statistics.median(times["base"]) / statistics.median(times["ours"])
     print(f"  speed-up {ratio:.2f}x (medians); max |difference| {gap:.1e} nats")
+    print(f"\n  one divergence evaluation at {args.points} points, the MLP score, D = {x[0].numel()} (speed relative to scorelab's):")
+    divergence_costs(score, sde, x, args.repeats)
 
 
 if __name__ == "__main__":
