@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/threads.py
 	$(PY) bench/sampling.py
 	$(PY) bench/sampling.py --particles 100000 --steps 10 --parts a
+	$(PY) bench/sampling.py --parts c
 	$(PY) bench/likelihood.py
 	$(PY) bench/images.py
 

@@ -8,6 +8,9 @@
     level, its score by autograd of `log_prob`). Goal (issue 13): >= 2x the hand-written chain.
 (b) MLP score: `annealed_langevin(model, ...)` against the bare cost of the same number of network forward
     passes. Goal: sampler time <= 1.2x the forward time.
+(c) `torch.compile` (CPU inductor) of one fused step of chain (a), sigma passed as a tensor so that one compilation
+    serves every level: compile time, steady-state speed against eager, and the particle-steps after which the
+    compilation has paid for itself. scorelab uses compilation only where that number is small; on a CPU it is not.
 
 All chains are first run in float64 and must agree to 1e-8: float64 round-off (~1e-16 per operation) cannot reach
 that over any number of steps unless the chains differ, while float32 chains drift apart by round-off alone over
@@ -66,7 +69,7 @@ def main(argv=None) -> None:
     parser.add_argument("--levels", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20, help="steps per level")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--parts", choices=["a", "b", "ab"], default="ab", help="which comparisons to run")
+    parser.add_argument("--parts", choices=["a", "b", "ab", "c"], default="ab", help="which comparisons to run")
     args = parser.parse_args(argv)
     sigmas = noise.geometric_sigmas(10.0, 0.05, args.levels)
     eps = noise.langevin_step_size(sigmas, args.steps).step_size
@@ -76,6 +79,8 @@ def main(argv=None) -> None:
         exact_score_chains(x0, sigmas, eps, args)
     if "b" in args.parts:
         mlp_overhead(x0, sigmas, eps, args)
+    if "c" in args.parts:
+        compiled_step(x0, args)
 
 
 def _rate(x0, args, seconds: float) -> float:
@@ -131,6 +136,43 @@ def mlp_overhead(x0, sigmas, eps, args) -> None:
         print(f"    {name:14s} {median_and_spread([_rate(x0, args, t) for t in ts]):>24s} M particle-steps/s")
     ratio = statistics.median(times["sampler"]) / statistics.median(times["bare forwards"])
     print(f"    overhead {ratio:.2f}x the forward cost (goal <= 1.2x)")
+
+
+def compiled_step(x0, args) -> None:
+    """(c): one fused step x + alpha s(x) + sqrt(2 alpha) z of the exact isotropic score, eager against compiled."""
+    import time
+
+    mix = sl.datasets.ring_mixture(n_modes=8)
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
+
+    def step(x, z, alpha, sigma):
+        return x + alpha * mix._isotropic_affine_score(x, 1.0, sigma) + (2 * alpha).sqrt() * z
+
+    alpha, sigma = torch.tensor(0.01), torch.tensor(0.5)
+    start = time.perf_counter()
+    compiled = torch.compile(step, dynamic=False)
+    out = compiled(x0, z, alpha, sigma)
+    compile_seconds = time.perf_counter() - start
+    compiled(x0, z, alpha * 2, sigma * 2)  # another level: must not compile again
+    gap = (out - step(x0, z, alpha, sigma)).abs().max().item()
+    assert gap < 1e-4 * (1 + x0.abs().max().item()), f"compiled step differs by {gap}"
+    n_steps = args.levels * args.steps
+
+    def run(f):
+        return lambda: [f(x0, z, alpha, sigma) for _ in range(n_steps)]
+
+    times = interleaved({"eager": run(step), "compiled": run(compiled)}, args.repeats)
+    print("(c) torch.compile of one fused step of chain (a) (CPU inductor)")
+    for name, ts in times.items():
+        print(f"    {name:10s} {median_and_spread([_rate(x0, args, t) for t in ts]):>24s} M particle-steps/s")
+    per_step = {name: statistics.median(ts) / n_steps for name, ts in times.items()}
+    saved = per_step["eager"] - per_step["compiled"]
+    ratio = per_step["eager"] / per_step["compiled"]
+    if saved > 0:
+        pays = f"it pays after {compile_seconds / saved * len(x0) / 1e6:.0f} M particle-steps"
+    else:
+        pays = "it never pays"
+    print(f"    compiled {ratio:.2f}x eager after {compile_seconds:.1f} s of compilation: {pays}")
 
 
 if __name__ == "__main__":
