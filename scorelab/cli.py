@@ -281,7 +281,8 @@ def train_command(args) -> Path:
         save_image_grid(images, path)
         return path
 
-    judge = load_classifier(config.classifier, device)[0] if config.classifier and rank == 0 else None
+    # every rank reads the classifier, so a bad path stops all of them before training; only rank 0 measures
+    judge = load_classifier(config.classifier, device)[0] if config.classifier else None
     holdout = datasets.to_model_range(pixels[len(pixels) - config.holdout :]) if judge is not None else None
     fid_every = config.fid_every or config.sample_every
 
