@@ -18,7 +18,7 @@ SMOKE=${SMOKE:-0}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 if [ "$SMOKE" = 1 ]; then
-    DATASET=(--config shapes) CONFIG=shapes-vp TRAIN_SECONDS=20
+    DATASET=(--config shapes) CONFIG=shapes-vp TRAIN_SECONDS=10
     RUN_ARGS=(unet=tiny n_images=200 holdout=64 --batch-size 8 fid_every=4 fid_samples=16 sample_steps=4 sample_every=0 log_every=2)
     EVAL_ARGS=(--n 8 --nfe 4 --bpd-images 2) BENCH_ARGS=(--smoke) DDP_ARGS=(unet=tiny n_images=32 holdout=8 --batch-size 4)
     CLASSIFIER_ARGS=(--steps 20)
