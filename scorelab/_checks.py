@@ -70,6 +70,20 @@ def check_positive(name: str, value, allow_tensor: bool = True):
     return float(value)
 
 
+def check_nonnegative(name: str, value, meaning: str = "") -> float:
+    """A finite real number >= 0 (not a bool, not a tensor) as a float; `meaning` is added to the message."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0{meaning}, got {value!r}")
+    return float(value)
+
+
+def check_probability(name: str, value) -> float:
+    """A number in [0, 1] as a float."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
 def check_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -104,11 +118,16 @@ def check_per_sample(name: str, value, batch: int, like: torch.Tensor) -> torch.
     return value.reshape(batch)
 
 
+def check_label_type(name: str, y) -> None:
+    """An int class label or a tensor of them (values are checked where the number of classes is known)."""
+    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
+        raise TypeError(f"{name} must be an int class label or a tensor of them, got {type(y).__name__}")
+
+
 def check_labels(name: str, y, batch: int, n_classes: int, allow_null: bool = False) -> torch.Tensor:
     """Class labels as a `(batch,)` int64 tensor: an int for all, or one per sample, in 0..n_classes-1 (and -1, "no
     label", when `allow_null`)."""
-    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
-        raise TypeError(f"{name} must be an int class label or a tensor of them, got {type(y).__name__}")
+    check_label_type(name, y)
     y = torch.as_tensor(y)
     if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
         raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")

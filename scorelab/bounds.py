@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._checks import as_generator, check_bounds, check_callable, check_int, check_positive
+from ._checks import as_generator, check_bounds, check_callable, check_int, check_nonnegative, check_positive
 from .distributions import GaussianMixture
 from .metrics import Estimate, kl_quadrature
 from .sampling import _steps_of
@@ -126,8 +126,7 @@ def perturbed_score(dist: GaussianMixture, sde, epsilon: float, *, frequency: fl
     `sde` is a linear SDE (`OUSDE` for lesson 06); the result is a `score(x, t)` like `dist.marginal_score(sde)`.
     """
     dist64 = _check_mixture(dist)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (math.isfinite(epsilon) and epsilon >= 0):
-        raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+    epsilon = check_nonnegative("epsilon", epsilon)
     frequency = check_positive("frequency", frequency, allow_tensor=False)
     check_int("seed", seed, minimum=0)
     exact, field = dist.marginal_score(sde), _SineField(dist64, frequency, seed)

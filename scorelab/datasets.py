@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._checks import as_generator, check_bounds, check_choice, check_int, check_memory, check_positive, check_tensor
+from ._checks import as_generator, check_bounds, check_choice, check_int, check_memory, check_nonnegative, check_positive, check_tensor
 from .distributions import GaussianMixture
 
 
@@ -52,9 +52,7 @@ def _normal(n, generator, dtype, *size):
 
 
 def _check_noise(noise) -> float:
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not (math.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0 (the jitter's standard deviation), got {noise!r}")
-    return float(noise)
+    return check_nonnegative("noise", noise, " (the jitter's standard deviation)")
 
 
 def _prepare(n, generator, dtype):

@@ -21,6 +21,7 @@ from ._checks import (
     check_device,
     check_int,
     check_memory,
+    check_nonnegative,
     check_output,
     check_positive,
     check_tensor,
@@ -112,6 +113,9 @@ class GaussianMixture:
         isotropic = self._diagonal_variances is not None and bool((variances == variances[:, :1]).all())
         self._isotropic_variances = variances[:, 0] if isotropic else None
         self._equal_variances = isotropic and bool((variances == variances[0, 0]).all())
+        # class membership (K, C), or None when every component is its own class (responsibilities are the answer)
+        own = self.labels[:, None] == torch.arange(self.n_classes, device=device)
+        self._class_members = None if bool(own.equal(torch.eye(K, dtype=torch.bool, device=device))) else own
 
     # -- basic properties -------------------------------------------------
     @property
@@ -216,9 +220,12 @@ class GaussianMixture:
         if scale_value is not None and std_value is not None:
             score = self._shared_affine_score(flat, scale_value, std_value)
         else:
-            per_sample = lambda v: torch.as_tensor(v, dtype=self.dtype, device=self.device).expand(len(flat))
-            score = self._affine_score(flat, per_sample(scale), per_sample(std))
+            score = self._affine_score(flat, self._per_sample(scale, len(flat)), self._per_sample(std, len(flat)))
         return score.reshape(x.shape).to(x.dtype)
+
+    def _per_sample(self, v, n: int) -> torch.Tensor:
+        """A float, a one-element tensor or `n` values as an `(n,)` tensor of this mixture's dtype and device."""
+        return torch.as_tensor(v, dtype=self.dtype, device=self.device).reshape(-1).expand(n)
 
     def _affine_components(self, x: torch.Tensor, scale: torch.Tensor, std: torch.Tensor):
         """For the law of scale * X + std * Z with per-sample `scale`, `std` `(n,)`: each component's log w_k N(x; .)
@@ -341,10 +348,9 @@ class GaussianMixture:
 
     def _class_log_softmax(self, log_comp: torch.Tensor) -> torch.Tensor:
         log_resp = torch.log_softmax(log_comp, dim=1)
-        if self.n_classes == self.n_components and bool((self.labels == torch.arange(self.n_components, device=self.device)).all()):
+        if self._class_members is None:
             return log_resp
-        own = self.labels[:, None] == torch.arange(self.n_classes, device=self.device)  # (K, C)
-        return torch.logsumexp(log_resp[:, :, None].masked_fill(~own, -math.inf), dim=1)
+        return torch.logsumexp(log_resp[:, :, None].masked_fill(~self._class_members, -math.inf), dim=1)
 
     def marginal_class_log_prob(self, sde):
         r"""The exact noisy classifier log p_t(y | x) of the marginals of `sde`, as `classifier(x, t) -> (n, C)`.
@@ -356,8 +362,7 @@ class GaussianMixture:
         def classifier(x: torch.Tensor, t) -> torch.Tensor:
             flat = self._flatten(x)
             mean_scale, std = sde.marginal_coeffs(t)
-            per_sample = lambda v: torch.as_tensor(v, dtype=self.dtype, device=self.device).reshape(-1).expand(len(flat))
-            log_comp, _ = self._affine_components(flat, per_sample(mean_scale), per_sample(std))
+            log_comp, _ = self._affine_components(flat, self._per_sample(mean_scale, len(flat)), self._per_sample(std, len(flat)))
             return self._class_log_softmax(log_comp)
 
         return classifier
@@ -373,12 +378,7 @@ class GaussianMixture:
             A: `(m, D)` measurement matrix. y: `(m,)` measurement. noise_std: > 0.
         """
         noise_std = check_positive("noise_std", noise_std, allow_tensor=False)
-        A = _as_float_tensor("A", A, self.dtype, self.device)
-        if A.ndim != 2 or A.shape[1] != self.dim or A.shape[0] < 1:
-            raise ValueError(f"A must have shape (m, D) = (m, {self.dim}), got {tuple(A.shape)}")
-        y = _as_float_tensor("y", y, self.dtype, self.device).reshape(-1)
-        if y.shape != (A.shape[0],):
-            raise ValueError(f"y must hold one value per row of A ({A.shape[0]},), got {tuple(y.shape)}")
+        A, y = check_measurement(A, y, self.dim, self.dtype, self.device)
         cov_a = self.covs @ A.T  # Sigma_k A^T, (K, D, m)
         S = A @ cov_a + noise_std**2 * torch.eye(A.shape[0], dtype=self.dtype, device=self.device)  # (K, m, m)
         gain = torch.linalg.solve(S, cov_a.transpose(1, 2)).transpose(1, 2)  # Sigma_k A^T S_k^{-1}
@@ -398,8 +398,7 @@ class GaussianMixture:
         The returned function carries `log_Z`.
         """
         y = self._check_class(y)
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (math.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        gamma = check_nonnegative("gamma", gamma)
         if self.dim > 2:
             raise ValueError(f"tilted_log_prob integrates on a grid: the mixture must have D = 1 or 2, got D = {self.dim}")
 
@@ -419,8 +418,7 @@ class GaussianMixture:
         """The law of `scale * X + noise_std * Z` with X ~ self, Z ~ N(0, I) independent: a mixture again."""
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale == 0:
             raise ValueError(f"scale must be a finite non-zero number, got {scale!r}")
-        if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) or not (math.isfinite(noise_std) and noise_std >= 0):
-            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        noise_std = check_nonnegative("noise_std", noise_std)
         eye = torch.eye(self.dim, dtype=self.dtype, device=self.device)
         return GaussianMixture(self.weights, scale * self.means, scale**2 * self.covs + noise_std**2 * eye, labels=self.labels)
 
@@ -462,6 +460,17 @@ def _full_covariances(covs: torch.Tensor, K: int, D: int) -> torch.Tensor:
             raise ValueError("covs must be symmetric")
         return 0.5 * (covs + covs.transpose(-1, -2))
     raise ValueError(f"covs must have shape (K,), (K, D) or (K, D, D) = ({K},), ({K}, {D}) or ({K}, {D}, {D}), got {tuple(covs.shape)}")
+
+
+def check_measurement(A, y, dim: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A linear measurement y = A x (+ noise) of x in R^dim: `A` `(m, dim)` and `y` `(m,)` as tensors of `dtype`."""
+    A = _as_float_tensor("A", A, dtype, device)
+    if A.ndim != 2 or A.shape[1] != dim or A.shape[0] < 1:
+        raise ValueError(f"A must have shape (m, D) = (m, {dim}), got {tuple(A.shape)}")
+    y = _as_float_tensor("y", y, dtype, device).reshape(-1)
+    if y.shape != (A.shape[0],):
+        raise ValueError(f"y must hold one value per row of A ({A.shape[0]},), got {tuple(y.shape)}")
+    return A, y
 
 
 def _check_labels(labels, K: int, device) -> torch.Tensor:

@@ -25,11 +25,15 @@ from ._checks import (
     check_callable,
     check_choice,
     check_int,
+    check_label_type,
     check_labels,
+    check_nonnegative,
     check_output,
     check_positive,
+    check_probability,
     check_tensor,
 )
+from .distributions import check_measurement
 from .losses import REDUCTIONS, _reduce, diffuse, sde_dsm
 from .sampling import PREDICTORS, DivergenceError, _FiniteGuard, _randn_like, pc_sample
 
@@ -47,10 +51,12 @@ COLOR_BASIS = torch.tensor(
 )
 
 
-def _check_scale(scale) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale >= 0):
-        raise ValueError(f"scale must be a finite number >= 0 (the guidance strength gamma), got {scale!r}")
-    return float(scale)
+def _checked_logits(logits, n: int) -> torch.Tensor:
+    """A classifier's answer must be `(n, C)` logits (or log-probabilities)."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != n:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"classifier must return (n, C) = ({n}, C) logits, got {got}")
+    return logits
 
 
 def classifier_gradient(classifier: Callable, y) -> Callable:
@@ -61,16 +67,12 @@ def classifier_gradient(classifier: Callable, y) -> Callable:
     `GaussianMixture.marginal_class_log_prob(sde)`; a learned one is a `nets.ClassifierMLP` (lesson 07).
     """
     check_callable("classifier", classifier)
-    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
-        raise TypeError(f"y must be an int class label or a tensor of them, got {type(y).__name__}")
+    check_label_type("y", y)
 
     def grad(x: torch.Tensor, t) -> torch.Tensor:
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            logits = classifier(x_in, t)
-            if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(x):
-                got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-                raise ValueError(f"classifier must return (n, C) = ({len(x)}, C) logits, got {got}")
+            logits = _checked_logits(classifier(x_in, t), len(x))
             labels = check_labels("y", y, len(x), logits.shape[1]).to(x.device)
             log_p = torch.log_softmax(logits, dim=1).gather(1, labels[:, None]).sum()
             (g,) = torch.autograd.grad(log_p, x_in)
@@ -91,7 +93,7 @@ def classifier_guided_score(score: Callable, log_likelihood_grad: Callable, scal
     """
     check_callable("score", score)
     check_callable("log_likelihood_grad", log_likelihood_grad)
-    scale = _check_scale(scale)
+    scale = check_nonnegative("scale", scale, " (the guidance strength gamma)")
 
     def guided(x: torch.Tensor, t) -> torch.Tensor:
         return score(x, t) + scale * check_output("log_likelihood_grad", log_likelihood_grad(x, t), x.shape)
@@ -108,7 +110,7 @@ def cfg_score(cond_score: Callable, uncond_score: Callable, scale: float) -> Cal
     """
     check_callable("cond_score", cond_score)
     check_callable("uncond_score", uncond_score)
-    scale = _check_scale(scale)
+    scale = check_nonnegative("scale", scale, " (the guidance strength gamma)")
 
     def guided(x: torch.Tensor, t) -> torch.Tensor:
         return scale * cond_score(x, t) + (1 - scale) * check_output("uncond_score", uncond_score(x, t), x.shape)
@@ -119,8 +121,7 @@ def cfg_score(cond_score: Callable, uncond_score: Callable, scale: float) -> Cal
 def with_label(score: Callable, y) -> Callable:
     """`(x, t) -> score(x, t, y)`: a label-conditional score with its label bound (`NULL_LABEL` for "no label")."""
     check_callable("score", score)
-    if isinstance(y, bool) or not isinstance(y, (int, torch.Tensor)):
-        raise TypeError(f"y must be an int class label or a tensor of them, got {type(y).__name__}")
+    check_label_type("y", y)
     return lambda x, t: score(x, t, y)
 
 
@@ -135,17 +136,14 @@ def classifier_loss(
     check_choice("reduction", reduction, REDUCTIONS)
     eps = sde.check_eps(eps)
     x_t, t, _, _ = diffuse(x, sde, eps, as_generator(generator, x.device))
-    logits = classifier(x_t, t)
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or len(logits) != len(x):
-        raise ValueError(f"classifier must return (n, C) logits, got {getattr(logits, 'shape', type(logits).__name__)}")
+    logits = _checked_logits(classifier(x_t, t), len(x))
     labels = check_labels("labels", labels, len(x), logits.shape[1]).to(x.device)
     return _reduce(F.cross_entropy(logits, labels, reduction="none"), reduction)
 
 
 def drop_labels(labels: torch.Tensor, p_uncond: float, generator=None) -> torch.Tensor:
     """`labels` with each replaced by `NULL_LABEL` independently with probability `p_uncond` (label dropout)."""
-    if isinstance(p_uncond, bool) or not isinstance(p_uncond, (int, float)) or not 0 <= p_uncond <= 1:
-        raise ValueError(f"p_uncond must be a probability in [0, 1], got {p_uncond!r}")
+    check_probability("p_uncond", p_uncond)
     if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.is_floating_point():
         raise TypeError(f"labels must be a 1-D integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
     drop = torch.rand(labels.shape, generator=as_generator(generator, labels.device), device=labels.device) < p_uncond
@@ -212,18 +210,12 @@ def linear_inverse_sample(
     noise_std = check_positive("noise_std", noise_std, allow_tensor=False)
     if callback is not None:
         check_callable("callback", callback)
-    A = torch.as_tensor(A)
-    if not A.is_floating_point() or A.ndim != 2 or not 1 <= A.shape[0] <= A.shape[1]:
-        raise ValueError(f"A must be a floating (m, D) matrix with 1 <= m <= D, got {A.dtype} {tuple(A.shape)}")
-    if x.ndim != 2 or x.shape[1] != A.shape[1]:
-        raise ValueError(f"x must have shape (n, D) = (n, {A.shape[1]}) to match A, got {tuple(x.shape)}")
-    y = torch.as_tensor(y)
-    if not y.is_floating_point() or y.numel() != A.shape[0]:
-        raise ValueError(f"y must hold one float per row of A ({A.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-    A, y = A.to(device=x.device, dtype=x.dtype), y.reshape(-1).to(device=x.device, dtype=x.dtype)
+    if x.ndim != 2:
+        raise ValueError(f"x must be (n, D) points, got shape {tuple(x.shape)}")
+    A, y = check_measurement(A, y, x.shape[1], x.dtype, x.device)
     U, S, Vh = torch.linalg.svd(A, full_matrices=False)  # A = U diag(S) Vh
-    if S.min() <= 1e-8 * S.max():
-        raise ValueError("A must have full row rank (its rows linearly independent)")
+    if len(A) > A.shape[1] or S.min() <= 1e-8 * S.max():
+        raise ValueError(f"A must have full row rank (m <= D, its rows linearly independent), got shape {tuple(A.shape)}")
     eps = sde.check_eps(eps)
     generator = as_generator(generator, x.device)
     times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()

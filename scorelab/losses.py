@@ -25,8 +25,10 @@ from ._checks import (
     check_callable,
     check_choice,
     check_int,
+    check_nonnegative,
     check_output,
     check_positive,
+    check_probability,
     check_tensor,
 )
 from .distributions import score_from_energy
@@ -236,8 +238,7 @@ def contrastive_divergence(energy, x_data: torch.Tensor, x_model: torch.Tensor, 
     check_tensor("x_model", x_model, min_dim=2)
     if x_model.shape[1:] != x_data.shape[1:]:
         raise ValueError(f"x_model must have x_data's sample shape {tuple(x_data.shape[1:])}, got {tuple(x_model.shape[1:])}")
-    if isinstance(regularization, bool) or not isinstance(regularization, (int, float)) or not regularization >= 0:
-        raise ValueError(f"regularization must be a number >= 0, got {regularization!r}")
+    regularization = check_nonnegative("regularization", regularization)
     e_data = check_output("energy", energy(x_data), x_data.shape[:1])
     e_model = check_output("energy", energy(x_model.detach()), x_model.shape[:1])
     loss = e_data.mean() - e_model.mean()
@@ -267,10 +268,9 @@ class ContrastiveDivergence:
         check_int("n_steps", n_steps, minimum=1)
         check_positive("step_size", step_size, allow_tensor=False)
         check_callable("init", init)
-        if isinstance(reinit, bool) or not isinstance(reinit, (int, float)) or not 0 <= reinit <= 1:
-            raise ValueError(f"reinit must be a probability in [0, 1], got {reinit!r}")
         self.n_steps, self.step_size, self.init = n_steps, step_size, init
-        self.persistent, self.reinit, self.regularization = persistent, reinit, regularization
+        self.persistent, self.reinit = persistent, check_probability("reinit", reinit)
+        self.regularization = check_nonnegative("regularization", regularization)
         self.chains = None
 
     def __call__(self, model, x: torch.Tensor, generator=None) -> torch.Tensor:

@@ -410,8 +410,10 @@ def classifier_fid(real: torch.Tensor, fake: torch.Tensor, classifier, batch_siz
     notices. It is not comparable to Inception FID (other features, other dimension, other dataset) and should be
     quoted with the classifier's test accuracy. Images in the model range [-1, 1], `(n, C, H, W)`.
     """
-    if not hasattr(classifier, "features") or not callable(classifier):
-        raise TypeError(f"classifier must be a network with a features(x) method (nets.ImageClassifier), got {type(classifier).__name__}")
+    if not (callable(getattr(classifier, "features", None)) and callable(getattr(classifier, "head", None))):
+        raise TypeError(
+            f"classifier must be a network with features(x) and head(features) (nets.ImageClassifier), got {type(classifier).__name__}"
+        )
     check_int("batch_size", batch_size, minimum=1)
     parameter = next(classifier.parameters())
 

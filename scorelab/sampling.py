@@ -39,6 +39,7 @@ from ._checks import (
     check_callable,
     check_choice,
     check_int,
+    check_nonnegative,
     check_output,
     check_positive,
     check_tensor,
@@ -398,8 +399,7 @@ def pc_sample(
     check_int("n_corrector_steps", n_corrector_steps, minimum=0)
     check_choice("predictor", predictor, PREDICTORS)
     check_choice("corrector", corrector, CORRECTORS)
-    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not (math.isfinite(snr) and snr >= 0):
-        raise ValueError(f"snr must be a finite number >= 0, got {snr!r}")
+    snr = check_nonnegative("snr", snr)
     if predictor is None and (corrector is None or n_corrector_steps == 0):
         raise ValueError("predictor and corrector cannot both be None: nothing would move")
     eps = sde.check_eps(eps)
