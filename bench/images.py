@@ -60,9 +60,17 @@ def diffusers_twin(config, size: int, target: int):
             attention_head_dim=None,
         )
 
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    best = min(range(8, 4 * config.base_channels + 1, 8), key=lambda b: abs(count(build(b)) - target))
-    return build(best)
+    def count(base: int) -> int:
+        return sum(p.numel() for p in build(base).parameters())
+
+    # the count grows with the width: bisect over multiples of 8 (a handful of builds, not one per width)
+    lo, hi = 1, max(2, config.base_channels // 2)
+    while count(8 * hi) < target:
+        hi *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(8 * mid) < target else (lo, mid)
+    return build(8 * min((lo, hi), key=lambda b: abs(count(8 * b) - target)))
 
 
 def as_score(net, sde, diffusers_net: bool):

@@ -173,7 +173,8 @@ def test_linear_inverse_sampler_is_stable_conditions_and_tends_to_inpainting():
     x = guidance.linear_inverse_sample(score, vp, x_T, 100, A, y, 1e-4, generator=9)
     _, final_std = (c.item() for c in vp.marginal_coeffs(1e-3))
     assert (x[:, 0] - 2.2).abs().max() < 6 * final_std  # A x = y^_eps = m y + sigma z: the known coordinate
-    # a noisy measurement moves the mean to the exact posterior's side of the prior (the bias is lesson 07's subject)
+    # a noisy measurement moves the mean most of the way from the prior's to the exact posterior's (measured: 95 %;
+    # the rest is the approximation's bias, lesson 07's subject): at least 3/4 of the way, a qualitative claim
     post = LABELLED.posterior(A, y, 0.5)
     x = guidance.linear_inverse_sample(score, vp, x_T, 100, A, y, 0.5, generator=10)
     post_mean = (post.weights[:, None] * post.means).sum(0)
@@ -217,7 +218,7 @@ def test_colorize_keeps_the_grey_level_exactly_and_picks_a_colour_consistent_wit
     # red and blue share a grey level: each sample must be one of the two, split about evenly
     is_red = colour[:, 0] > colour[:, 2]
     assert ((colour - rgb.means[(~is_red).long()]).norm(dim=1) < 0.4).all()
-    assert 0.3 < is_red.double().mean() < 0.7
+    assert abs(is_red.double().mean() - 0.5) < 4 * math.sqrt(0.25 / len(is_red))  # binomial, 4 SE
 
 
 # --- energy-based models -----------------------------------------------------------------------------------------
