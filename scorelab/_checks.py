@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from numbers import Real
 
 import torch
@@ -32,8 +34,44 @@ def check_callable(name: str, fn) -> None:
         raise TypeError(f"{name} must be callable (x -> score), got {type(fn).__name__}")
 
 
+_scan = threading.local()
+
+
+@contextlib.contextmanager
+def values_checked_by_caller():
+    """Within this block `check_tensor` checks types and shapes but skips its NaN/inf scan of the values.
+
+    For samplers: they check their particles themselves (every `sampling.CHECK_EVERY` steps, with an error naming the
+    steps and the step size), so a score's own scan of its input at every call, a full pass over the particles and
+    a host sync, is redundant there. A non-finite particle then gives a non-finite score, which the sampler's next
+    check reports. Per thread, and nestable.
+    """
+    previous = getattr(_scan, "skip", False)
+    _scan.skip = True
+    try:
+        yield
+    finally:
+        _scan.skip = previous
+
+
+def distinct_values(v: torch.Tensor) -> torch.Tensor:
+    """The entries of `v` worth checking: one for a tensor expanded from one value (all strides 0, as the samplers
+    pass a level shared by the batch), so that checking it costs nothing per sample; else `v` itself."""
+    return v.reshape(-1)[:1] if v.numel() > 1 and all(s == 0 for s in v.stride()) else v
+
+
+def shared_value(v) -> float | None:
+    """The one value of a number, or of a tensor whose entries are all equal (found without a scan when it was
+    expanded from one value); None when the entries differ."""
+    if not isinstance(v, torch.Tensor):
+        return float(v)
+    v = distinct_values(v).reshape(-1)
+    return v[0].item() if len(v) == 1 or bool((v == v[0]).all()) else None
+
+
 def check_tensor(name: str, x, min_dim: int = 1) -> torch.Tensor:
-    """`x` must be a finite floating tensor with at least `min_dim` dims."""
+    """`x` must be a finite floating tensor with at least `min_dim` dims (the scan for NaN/inf is skipped inside
+    `values_checked_by_caller`)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -42,7 +80,7 @@ def check_tensor(name: str, x, min_dim: int = 1) -> torch.Tensor:
         raise ValueError(f"{name} must have at least {min_dim} dims (batch first), got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
-    if not _inside_torch_func(x) and not torch.isfinite(x).all():
+    if not getattr(_scan, "skip", False) and not _inside_torch_func(x) and not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
 
@@ -60,7 +98,12 @@ def check_positive(name: str, value, allow_tensor: bool = True):
     if isinstance(value, torch.Tensor) and allow_tensor:
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-        if not (torch.isfinite(value).all() and (value > 0).all()):
+        distinct = distinct_values(value)
+        if distinct.numel() == 1:  # one value (a shared level): one read instead of two reductions
+            ok = math.isfinite(v := distinct.item()) and v > 0
+        else:
+            ok = bool(torch.isfinite(distinct).all() and (distinct > 0).all())
+        if not ok:
             raise ValueError(f"{name} must be positive and finite, got {value}")
         return value
     if isinstance(value, bool) or not isinstance(value, Real):

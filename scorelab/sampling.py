@@ -44,6 +44,7 @@ from ._checks import (
     check_positive,
     check_tensor,
     checked_score,
+    values_checked_by_caller,
 )
 from .noise import check_sigmas
 from .sde import probability_flow_drift, reverse_drift
@@ -63,7 +64,8 @@ CHECK_EVERY = 10
 class _FiniteGuard:
     """Finiteness checks of a sampler's particles at due steps: `check` raises `error(steps)` (steps: "at step 7" or
     "at one of steps 0-9") when they stopped being finite; `step` wraps one step so that a `ValueError` a score raises
-    because its input is already non-finite (library scores check their input) is reported the same way."""
+    because its input is already non-finite (a score that checks its input) is reported the same way. Inside a step,
+    library scores skip their own NaN scan of the particles (`values_checked_by_caller`): these checks stand in for it."""
 
     def __init__(self, n_steps: int, callback):
         self.n_steps, self.every_step, self.checked = n_steps, callback is not None, -1
@@ -81,7 +83,8 @@ class _FiniteGuard:
     @contextlib.contextmanager
     def step(self, x: torch.Tensor, i: int, error):
         try:
-            yield
+            with values_checked_by_caller():  # these checks stand in for the scores' own scans of their input
+                yield
         except ValueError as err:
             if isinstance(err, DivergenceError) or torch.isfinite(x).all():
                 raise
@@ -139,7 +142,7 @@ def langevin(
     guard, error = _FiniteGuard(n_steps, callback), _divergence(f"step_size={step_size:.3g}")
     for i in range(n_steps):
         with guard.step(x, i, error), torch.no_grad():
-            x = x + step_size * score(x) + noise_scale * _randn_like(x, generator)
+            x = torch.add(x, score(x), alpha=step_size).add_(_randn_like(x, generator), alpha=noise_scale)
         guard.check(x, i, error)
         if callback is not None:
             callback({"x": x, "i": i, "step_size": step_size})
@@ -273,13 +276,14 @@ def annealed_langevin(
     for level, sigma in enumerate(sigmas.tolist()):
         alpha = step_size * sigma**2 / sigma_l**2
         noise_scale = math.sqrt(2 * alpha)
-        sigma_batch = torch.full((len(x),), sigma, dtype=x.dtype, device=x.device)
+        # one value expanded to the batch (stride 0): a score can see that it is shared without scanning it
+        sigma_batch = torch.full((1,), sigma, dtype=x.dtype, device=x.device).expand(len(x))
         for _ in range(n_steps_each):
             error = _divergence(f"by level {level}, sigma={sigma:.3g}, alpha_i={alpha:.3g} from step_size={step_size:.3g}")
             with guard.step(x, i, error), torch.no_grad():
                 if mask is not None:
                     x = torch.where(mask, known + sigma * _randn_like(x, generator), x)
-                x = x + alpha * score(x, sigma_batch) + noise_scale * _randn_like(x, generator)
+                x = torch.add(x, score(x, sigma_batch), alpha=alpha).add_(_randn_like(x, generator), alpha=noise_scale)
             guard.check(x, i, error)
             if callback is not None:
                 callback({"x": x, "i": i, "level": level, "sigma": sigma, "step_size": alpha})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from scorelab import GaussianMixture, banana_energy, score_from_energy
+from scorelab import GaussianMixture, banana_energy, sampling, score_from_energy
 from scorelab.datasets import far_apart_mixture, ring_mixture
 
 
@@ -183,11 +183,44 @@ def test_fast_paths_equal_the_whitened_and_per_sample_paths(D, K, structure):
     assert (mix._isotropic_variances is not None) == structure.startswith("isotropic") or D == 1
     assert mix._diagonal_variances is not None
     assert GaussianMixture([1.0], [[0.0, 0.0]], [[[1.0, 0.5], [0.5, 1.0]]])._diagonal_variances is None
-    x = 2 * torch.randn(500, D, generator=g, dtype=torch.float64)
+    # 100 points far out: there some logits lie more than 80 below the largest and are floored before exp
+    x = torch.cat([2 * torch.randn(400, D, generator=g, dtype=torch.float64), 30 * torch.randn(100, D, generator=g, dtype=torch.float64)])
     fast = mix._shared_affine_score(x, 0.7, 0.4)
     per_sample = mix._affine_score(x, torch.full((500,), 0.7, dtype=torch.float64), torch.full((500,), 0.4, dtype=torch.float64))
     # differentiable (the ODE likelihood takes the divergence of this score by autograd)
-    assert torch.autograd.gradcheck(lambda v: mix._shared_affine_score(v, 0.7, 0.4), x[:3].clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda v: mix._shared_affine_score(v, 0.7, 0.4), x[[0, 1, 400, 401]].clone().requires_grad_())
     mix._isotropic_variances = mix._diagonal_variances = None  # force the whitened path
     torch.testing.assert_close(fast, mix._shared_affine_score(x, 0.7, 0.4), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fast, per_sample, rtol=1e-10, atol=1e-12)
+
+
+def test_a_level_expanded_from_one_value_is_read_once_and_still_checked():
+    """Samplers pass their level as one value expanded to the batch (stride 0): the score reads that value once
+    instead of scanning the batch, gives the numbers a full batch gives, and a bad value is still a clear error."""
+    mix = GaussianMixture([0.3, 0.7], [[-1.0, 0.0], [2.0, 1.0]], [0.5, 0.8], dtype=torch.float64)
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shared = torch.full((1,), 0.6, dtype=torch.float64).expand(50)
+    torch.testing.assert_close(mix.noisy_score(x, shared), mix.noisy_score(x, torch.full((50,), 0.6, dtype=torch.float64)))
+    torch.testing.assert_close(mix.noisy_score(x, shared), mix.convolve(0.6).score(x))
+    for bad in (float("nan"), -0.6, 0.0):
+        with pytest.raises(ValueError, match="sigma must be positive"):
+            mix.noisy_score(x, torch.full((1,), bad, dtype=torch.float64).expand(50))
+
+
+def test_inside_a_sampler_step_scores_skip_their_nan_scan_and_the_sampler_still_reports():
+    """`values_checked_by_caller` turns off check_tensor's NaN scan (and only that): the samplers' own checks stand in
+    for it, so NaN particles still end in the sampler's DivergenceError, naming the steps."""
+    from scorelab._checks import values_checked_by_caller
+
+    mix = GaussianMixture([1.0], [[0.0, 0.0]], [1.0])
+    x = torch.tensor([[float("nan"), 0.0], [1.0, 1.0]])
+    with pytest.raises(ValueError, match="x contains NaN"):
+        mix.score(x)
+    with values_checked_by_caller():
+        assert torch.isnan(mix.score(x)[0]).all()
+        with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+            mix.score(x.long())
+    with pytest.raises(ValueError, match="x contains NaN"):  # the block ended: the scan is back
+        mix.score(x)
+    with pytest.raises(sampling.DivergenceError, match="at one of steps 0-9"):
+        sampling.annealed_langevin(lambda v, s: mix.score(v) + 1e30 * v**3, torch.ones(4, 2), torch.tensor([1.0, 0.5]), 1.0, 10)
