@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -37,8 +36,7 @@ def check_callable(name: str, fn) -> None:
 _scan = threading.local()
 
 
-@contextlib.contextmanager
-def values_checked_by_caller():
+class values_checked_by_caller:
     """Within this block `check_tensor` checks types and shapes but skips its NaN/inf scan of the values.
 
     For samplers: they check their particles themselves (every `sampling.CHECK_EVERY` steps, with an error naming the
@@ -46,12 +44,17 @@ def values_checked_by_caller():
     a host sync, is redundant there. A non-finite particle then gives a non-finite score, which the sampler's next
     check reports. Per thread, and nestable.
     """
-    previous = getattr(_scan, "skip", False)
-    _scan.skip = True
-    try:
-        yield
-    finally:
-        _scan.skip = previous
+
+    __slots__ = ("previous",)
+
+    def __enter__(self):
+        self.previous = getattr(_scan, "skip", False)
+        _scan.skip = True
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        _scan.skip = self.previous
+        return False
 
 
 def distinct_values(v: torch.Tensor) -> torch.Tensor:

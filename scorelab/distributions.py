@@ -25,6 +25,7 @@ from ._checks import (
     check_output,
     check_positive,
     check_tensor,
+    distinct_values,
     shared_value,
 )
 
@@ -117,6 +118,7 @@ class GaussianMixture:
         self._isotropic_variances = variances[:, 0] if isotropic else None
         self._equal_variances = isotropic and bool((variances == variances[0, 0]).all())
         self._isotropic_cache = None
+        self._squared_norms = (means**2).sum(1)  # |mu_k|^2, for the isotropic path's logits
         # class membership (K, C), or None when every component is its own class (responsibilities are the answer)
         own = self.labels[:, None] == torch.arange(self.n_classes, device=device)
         self._class_members = None if bool(own.equal(torch.eye(K, dtype=torch.bool, device=device))) else own
@@ -154,10 +156,10 @@ class GaussianMixture:
     # -- exact quantities ---------------------------------------------------
     def _flatten(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("x", x, min_dim=2)
-        flat = x.reshape(x.shape[0], -1)
+        flat = x if x.ndim == 2 else x.reshape(x.shape[0], -1)
         if flat.shape[1] != self.dim:
             raise ValueError(f"x must have {self.dim} features per sample, got shape {tuple(x.shape)}")
-        return flat.to(self.dtype)
+        return flat if flat.dtype == self.dtype else flat.to(self.dtype)
 
     def _component_terms(self, x: torch.Tensor):
         """Per-component log w_k N(x; mu_k, Sigma_k) `(n, K)` and Sigma_k^{-1}(x - mu_k) `(n, K, D)`."""
@@ -188,7 +190,8 @@ class GaussianMixture:
         annealed Langevin) the work is two small matrix products and a softmax; `bench/sampling.py`
         measures it (lesson 04).
         """
-        sigma = check_positive("sigma", sigma)
+        shared = shared_value(sigma) if isinstance(sigma, torch.Tensor) and sigma.is_floating_point() else None
+        sigma = check_positive("sigma", sigma if shared is None else shared)  # a shared level is read once
         return self._score_of_affine(x, 1.0, sigma)
 
     def marginal(self, sde, t: float) -> GaussianMixture:
@@ -205,7 +208,8 @@ class GaussianMixture:
         """
 
         def score(x: torch.Tensor, t) -> torch.Tensor:
-            mean_scale, std = sde.marginal_coeffs(t)  # which checks t's range (SDE._time)
+            # which checks t's range (SDE._time); a time expanded to the batch (the samplers') is worked out once
+            mean_scale, std = sde.marginal_coeffs(distinct_values(t) if isinstance(t, torch.Tensor) else t)
             return self._score_of_affine(x, mean_scale, std)
 
         return score
@@ -218,7 +222,9 @@ class GaussianMixture:
             score = self._shared_affine_score(flat, scale_value, std_value)
         else:
             score = self._affine_score(flat, self._per_sample(scale, len(flat)), self._per_sample(std, len(flat)))
-        return score.reshape(x.shape).to(x.dtype)
+        if score.shape != x.shape:
+            score = score.reshape(x.shape)
+        return score if score.dtype == x.dtype else score.to(x.dtype)
 
     def _per_sample(self, v, n: int) -> torch.Tensor:
         """A float, a one-element tensor or `n` values as an `(n,)` tensor of this mixture's dtype and device."""
@@ -270,12 +276,13 @@ class GaussianMixture:
         (scale, std), kept for the last pair asked for: a sampler asks for the same one for many steps in a row."""
         key = (float(scale), float(std))
         if self._isotropic_cache is None or self._isotropic_cache[0] != key:
-            inv_v = 1 / (key[0] ** 2 * self._isotropic_variances + key[1] ** 2)
-            m = key[0] * self.means
-            weighted = m * inv_v[:, None]
-            sums = torch.cat([weighted.T, inv_v[None], torch.ones_like(inv_v)[None]])
-            bias = self.weights.log() + 0.5 * self.dim * inv_v.log() - 0.5 * (m**2).sum(1) * inv_v
-            self._isotropic_cache = key, (inv_v, weighted, sums, bias[:, None])
+            (a, b), K = key, self.n_components
+            inv_v = (a * a * self._isotropic_variances + b * b).reciprocal_()
+            # rows [a mu^T; 1; 1/inv_v] scaled by inv_v give [m / v; 1 / v; 1] with m = a mu
+            sums = torch.cat([a * self.means.T, torch.ones(1, K, dtype=self.dtype, device=self.device), inv_v[None].reciprocal()]) * inv_v
+            # log w_k + D/2 log(1 / v_k) - a^2 |mu_k|^2 / (2 v_k)
+            bias = torch.addcmul(self.weights.log(), inv_v, self._squared_norms, value=-0.5 * a * a).add_(inv_v.log(), alpha=0.5 * self.dim)
+            self._isotropic_cache = key, (inv_v, sums[: self.dim].T, sums, bias[:, None])
         return self._isotropic_cache[1]
 
     def _diagonal_affine_score(self, x: torch.Tensor, scale: float, std: float) -> torch.Tensor:
@@ -460,13 +467,13 @@ def _isotropic_score(x, inv_v, weighted_means, sums, bias, equal_variances: bool
     normal exp, and such a component weighs under 2e-35 relative, below float64's resolution. With equal variances
     |x|^2 / (2 v) is common to all k and the softmax drops it. `bench/sampling.py` measures the chain this makes.
     """
-    logits = torch.addmm(bias, weighted_means, x.T)  # (K, n)
+    xT = x.T
+    logits = torch.addmm(bias, weighted_means, xT)  # (K, n)
     if not equal_variances:
         logits = torch.addr(logits, inv_v, (x * x).sum(1), alpha=-0.5)
-    e = logits.sub_(logits.detach().amax(0)).clamp_min_(-_LOGIT_FLOOR).exp_()
-    P = sums @ e  # (D + 2, n)
-    D = x.shape[1]
-    return torch.addcmul(P[:D], x.T, P[D], value=-1).div_(P[D + 1]).T
+    e = logits.sub_((logits.detach() if logits.requires_grad else logits).amax(0)).clamp_min_(-_LOGIT_FLOOR).exp_()
+    weighted_sum, inv_v_sum, total = (sums @ e).split([x.shape[1], 1, 1])  # (D, n), (1, n), (1, n)
+    return torch.addcmul(weighted_sum, xT, inv_v_sum, value=-1).div_(total).T
 
 
 def _full_covariances(covs: torch.Tensor, K: int, D: int) -> torch.Tensor:

@@ -26,7 +26,6 @@ and 06 (`exponential_integrator`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Callable
@@ -80,15 +79,28 @@ class _FiniteGuard:
                 raise error(self._steps(i))
             self.checked = i
 
-    @contextlib.contextmanager
-    def step(self, x: torch.Tensor, i: int, error):
-        try:
-            with values_checked_by_caller():  # these checks stand in for the scores' own scans of their input
-                yield
-        except ValueError as err:
-            if isinstance(err, DivergenceError) or torch.isfinite(x).all():
-                raise
-            raise error(self._steps(i)) from None
+    def step(self, x: torch.Tensor, i: int, error) -> _GuardedStep:
+        return _GuardedStep(self, x, i, error)
+
+
+class _GuardedStep:
+    """The context of one step (`_FiniteGuard.step`): a class rather than a generator, as it is entered at every
+    step and a generator-based context manager costs several times more."""
+
+    __slots__ = ("guard", "x", "i", "error", "skipping")
+
+    def __init__(self, guard: _FiniteGuard, x: torch.Tensor, i: int, error):
+        self.guard, self.x, self.i, self.error = guard, x, i, error
+
+    def __enter__(self):
+        self.skipping = values_checked_by_caller()  # these checks stand in for the scores' own scans of their input
+        self.skipping.__enter__()
+
+    def __exit__(self, kind, err, traceback) -> bool:
+        self.skipping.__exit__(kind, err, traceback)
+        if kind is None or not issubclass(kind, ValueError) or isinstance(err, DivergenceError) or torch.isfinite(self.x).all():
+            return False
+        raise self.error(self.guard._steps(self.i)) from None
 
 
 def _divergence(where: str):
@@ -278,8 +290,8 @@ def annealed_langevin(
         noise_scale = math.sqrt(2 * alpha)
         # one value expanded to the batch (stride 0): a score can see that it is shared without scanning it
         sigma_batch = torch.full((1,), sigma, dtype=x.dtype, device=x.device).expand(len(x))
+        error = _divergence(f"by level {level}, sigma={sigma:.3g}, alpha_i={alpha:.3g} from step_size={step_size:.3g}")
         for _ in range(n_steps_each):
-            error = _divergence(f"by level {level}, sigma={sigma:.3g}, alpha_i={alpha:.3g} from step_size={step_size:.3g}")
             with guard.step(x, i, error), torch.no_grad():
                 if mask is not None:
                     x = torch.where(mask, known + sigma * _randn_like(x, generator), x)
@@ -301,7 +313,8 @@ def annealed_langevin(
 
 
 def _time_batch(t: float, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((len(x),), t, dtype=x.dtype, device=x.device)
+    """One time for the whole batch, expanded (stride 0) so that a score can see it is shared without a scan."""
+    return torch.full((1,), t, dtype=x.dtype, device=x.device).expand(len(x))
 
 
 def _euler_maruyama(sde, score, x, t, t_next, z):

@@ -90,7 +90,17 @@ def _finish(ax, bounds, title):
 
 
 def add_colorbar(artist, ax, label: str):
-    """A slim colour bar for `artist` beside `ax` (one axes, or several sharing the bar), labelled with its quantity."""
+    """A slim colour bar for `artist` beside `ax` (one axes, or several sharing the bar), labelled with its quantity.
+
+    When `ax` carries a bar to reuse (`ax.reused_colorbar`, which `widgets.Explorer.panels` sets on a redrawn
+    figure), that bar is pointed at `artist` instead of a new one being added beside the old."""
+    bar = getattr(ax, "reused_colorbar", None)
+    if bar is not None:
+        ax.reused_colorbar = None
+        artist.colorbar = bar
+        bar.update_normal(artist)
+        bar.set_label(label, size="small")
+        return bar
     bar = artist.axes.figure.colorbar(artist, ax=ax, shrink=0.75, pad=0.02, aspect=25)
     bar.set_label(label, size="small")
     bar.ax.tick_params(labelsize="x-small")

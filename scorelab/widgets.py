@@ -62,6 +62,7 @@ class Explorer:
         self._hold = False  # True while the explorer sets several controls itself: one redraw at the end
         self.data: dict[str, np.ndarray] = {}
         self._layouts: dict[tuple, list] = {}  # solved constrained layouts, by arrangement of panels (`render`)
+        self._figures: dict = {}  # one figure per arrangement, reused by every redraw (`panels`)
         rows = [W.HBox(controls[i : i + 3]) for i in range(0, len(controls), 3)]
         self.widget = W.VBox(rows + ([self.status] if status else []) + [self.image])
 
@@ -83,6 +84,32 @@ class Explorer:
     def redraw(self) -> None:
         self.image.value = self.render(self.draw())
         self.draw_count += 1
+
+    def panels(self, arrangement, figsize: tuple[float, float], **subplots_kwargs):
+        """The figure and its two panels `(fig, (left, right))` for `arrangement` (a name for what the panels will
+        hold): made the first time, then reused with their content removed. Axes, ticks and colour bars are kept,
+        as building them is most of the cost of a fresh figure; a panel's colour bar is pointed at the new image
+        instead of being added again (`viz.add_colorbar`)."""
+        if arrangement not in self._figures:
+            fig = Figure(figsize=figsize, layout="constrained")
+            axes = tuple(fig.subplots(1, 2, **subplots_kwargs))
+            for ax in axes:  # titles just above the panel (no ticks on top): skips matplotlib's search for a free spot
+                ax.set_title("", y=1.0)
+            self._figures[arrangement] = fig, axes
+            return fig, axes
+        fig, axes = self._figures[arrangement]
+        for ax in axes:
+            mappables = [*ax.images, *ax.collections]
+            ax.reused_colorbar = next((m.colorbar for m in mappables if m.colorbar is not None), None)
+            for container in [*ax.containers]:  # bars: their patches and the container the legend reads
+                container.remove()
+            for artist in [*mappables, *ax.lines, *ax.patches, *ax.texts]:
+                artist.remove()
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+            ax.set_title("")
+            ax.set_axis_on()
+        return fig, axes
 
     def render(self, fig: Figure) -> bytes:
         """`fig` as PNG bytes. Its constrained layout is solved once per arrangement of panels (which axes, their
@@ -192,14 +219,13 @@ class ScoreFieldExplorer(Explorer):
     def draw(self) -> Figure:
         sigma = self.sigma.value
         noisy = self.mixture().convolve(sigma)
-        fig = Figure(figsize=(8.4, 4.2), layout="constrained")
-        left, right = fig.subplots(1, 2)
+        model_ready = self.model is not None and self._trained_on == self._mixture_params()
+        fig, (left, right) = self.panels(self.show_model.value and model_ready, (8.4, 4.2))
         density = viz.plot_density(
             noisy, self.bounds, self.resolution, ax=left, title=f"p_σ and its score, σ = {sigma:.3g}", colorbar="density p_σ"
         )
         viz.plot_field(noisy.score, self.bounds, self.n_arrows, ax=left)
         self.data = {"density": density.get_array().data.copy()}
-        model_ready = self.model is not None and self._trained_on == self._mixture_params()
         if self.show_model.value and model_ready:
             sigma_batch = torch.tensor(sigma)
 
@@ -317,8 +343,7 @@ class LangevinPlayground(Explorer):
         )
 
     def draw(self) -> Figure:
-        fig = Figure(figsize=(8.4, 4.0), layout="constrained")
-        left, right = fig.subplots(1, 2, width_ratios=[1.3, 1])
+        fig, (left, right) = self.panels("particles, weights", (8.4, 4.0), width_ratios=[1.3, 1])
         viz.plot_density(self.mixture, self.bounds, ax=left)
         try:
             x = self.run()
@@ -426,8 +451,7 @@ class SDEExplorer(Explorer):
         marginal = self.mixture.marginal(sde, t)
         mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
         half = self.half_widths[self.sde_name.value]
-        fig = Figure(figsize=(8.4, 4.2), layout="constrained")
-        left, right = fig.subplots(1, 2)
+        fig, (left, right) = self.panels("marginal, sampler", (8.4, 4.2))
         title = f"{self.sde_name.value}: p_t at t = {t:.3g}\nmean scale m(t) = {mean_scale:.2f}, σ(t) = {std:.2f}"
         density = viz.plot_density(marginal, (-half, half), 80, ax=left, title=title, colorbar="density p_t")
         viz.plot_field(marginal.score, (-half, half), 17, ax=left)

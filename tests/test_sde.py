@@ -246,3 +246,18 @@ def test_ode_path_output():
     assert path.shape == (11, 50, 2)
     torch.testing.assert_close(path[0], x_T)
     torch.testing.assert_close(path[-1], sampling.ode_sample(MIX.marginal_score(sde), sde, x_T), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5])
+def test_a_time_expanded_to_the_batch_is_read_once_and_still_checked(bad):
+    """Samplers pass one time expanded to the batch (stride 0): its range check reads one value, not n, and still
+    refuses a bad one; the exact marginal score gives the same numbers as for a full batch of that time."""
+    sde = VPSDE()
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+        sde.check_time(torch.full((1,), bad).expand(7))
+    mix = GaussianMixture([0.4, 0.6], [[-1.0, 0.5], [2.0, -1.0]], [0.3, 0.9], dtype=torch.float64)
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shared = torch.full((1,), 0.3, dtype=torch.float64).expand(7)
+    score = mix.marginal_score(sde)
+    torch.testing.assert_close(score(x, shared), score(x, torch.full((7,), 0.3, dtype=torch.float64)))
+    torch.testing.assert_close(score(x, shared), mix.marginal(sde, 0.3).score(x))
