@@ -46,6 +46,11 @@ def figure_png(fig: Figure, dpi: int = 100, compress_level: int = 1) -> bytes:
     fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
+    return _canvas_png(canvas, compress_level)
+
+
+def _canvas_png(canvas: FigureCanvasAgg, compress_level: int = 1) -> bytes:
+    """What an Agg canvas holds now, as PNG bytes."""
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(canvas.buffer_rgba())).save(buffer, format="png", compress_level=min(compress_level, 9))
     return buffer.getvalue()
@@ -63,6 +68,7 @@ class Explorer:
         self.data: dict[str, np.ndarray] = {}
         self._layouts: dict[tuple, list] = {}  # solved constrained layouts, by arrangement of panels (`render`)
         self._figures: dict = {}  # one figure per arrangement, reused by every redraw (`panels`)
+        self._backgrounds: dict = {}  # a figure's image without its changing artists, by id (`render_over`)
         rows = [W.HBox(controls[i : i + 3]) for i in range(0, len(controls), 3)]
         self.widget = W.VBox(rows + ([self.status] if status else []) + [self.image])
 
@@ -125,6 +131,21 @@ class Explorer:
         if positions is None:
             self._layouts[key] = [ax.get_position() for ax in fig.axes]
         return png
+
+    def render_over(self, fig: Figure, changing: list) -> bytes:
+        """`fig` as PNG bytes when only the `changing` artists differ from one redraw to the next (matplotlib's
+        blitting): the first call renders everything else once and keeps that image; every call restores it and
+        draws only these artists over it. Axes, ticks, legends and still text, most of a render, are not drawn again."""
+        background = self._backgrounds.get(id(fig))
+        if background is None:
+            for artist in changing:
+                artist.set_animated(True)  # left out of a full render
+            Explorer.render(self, fig)  # the full render, whatever a subclass's `render` does
+            background = self._backgrounds[id(fig)] = fig.canvas.copy_from_bbox(fig.bbox)
+        fig.canvas.restore_region(background)
+        for artist in changing:
+            fig.draw_artist(artist)
+        return _canvas_png(fig.canvas)
 
     def draw(self) -> Figure:
         raise NotImplementedError
@@ -303,6 +324,7 @@ class LangevinPlayground(Explorer):
         self.annealed = W.Checkbox(value=True, description="annealed")
         self.score_source = W.ToggleButtons(options=["exact", "learned"], value="exact", description="score")
         self.model: ScoreMLP | None = None
+        self._parts = None  # (figure, left panel, particles, this run's bars): built by the first draw (`_build`)
         super().__init__([self.step_size, self.n_steps, self.n_particles, self.sigma_max, self.sigma_min, self.annealed, self.score_source])
         self.observe(self.step_size, self.n_steps, self.n_particles, self.sigma_max, self.sigma_min, self.score_source)
         self.annealed.observe(lambda change: self._switch_annealing(change["new"]), names="value")
@@ -342,32 +364,49 @@ class LangevinPlayground(Explorer):
             lambda x: noisy_score(x, sigma_min.expand(len(x))), start, self.step_size.value, self.n_steps.value, generator=self.seed + 1
         )
 
-    def draw(self) -> Figure:
+    def _build(self):
+        """The figure, drawn once: the density, the true weights, axes and legend; then the artists every redraw
+        changes (the particles, this run's bars, the left title), which `render` draws over the rest."""
         fig, (left, right) = self.panels("particles, weights", (8.4, 4.0), width_ratios=[1.3, 1])
         viz.plot_density(self.mixture, self.bounds, ax=left)
+        particles = viz.plot_samples(torch.zeros(0, 2), ax=left, bounds=self.bounds, s=4, alpha=0.7)
+        left.set_title("\n")  # two lines, as every title here: the layout keeps room for them
+        positions = np.arange(3)
+        right.bar(positions - 0.2, [*self.mixture.weights.tolist(), 1.0], width=0.4, label="truth", color="0.6")
+        bars = right.bar(positions + 0.2, [0.0] * 3, width=0.4, label="this run", color=viz.FIELD_COLOR).patches
+        right.set(xticks=positions, xticklabels=["weight of\n(−5, −5)", "weight of\n(5, 5)", "reached\na mode"], ylim=(0, 1.05))
+        right.set_title("mode weights (nearest mode)")
+        right.legend(loc="upper left", fontsize="small")
+        return fig, left, particles, bars
+
+    def render(self, fig: Figure) -> bytes:
+        _, left, particles, bars = self._parts
+        return self.render_over(fig, [particles, *bars, left.title])
+
+    def draw(self) -> Figure:
+        if self._parts is None:
+            self._parts = self._build()
+        fig, left, particles, bars = self._parts
         try:
             x = self.run()
         except ValueError as err:  # divergence: say so instead of drawing NaNs
-            left.set_title("diverged")
+            left.set_title("diverged\n")
+            particles.set_offsets(np.empty((0, 2)))
+            for bar in bars:
+                bar.set_height(0.0)
             self.status.value = f"<b>{err}</b>"
             self.data = {"particles": np.empty((0, 2)), "weights": np.full(2, np.nan), "reached": np.nan}
-            right.set_axis_off()
             return fig
         nearest = self.mixture.responsibilities(x).argmax(1)
         counts = torch.bincount(nearest, minlength=2)
         weights = counts.double() / len(x)
         reached = ((x - self.mixture.means[nearest]).norm(dim=1) < self.REACHED_RADIUS).double().mean().item()
-        viz.plot_samples(x, ax=left, bounds=self.bounds, s=4, alpha=0.7)
+        particles.set_offsets(x.numpy())
+        for bar, height in zip(bars, [*weights.tolist(), reached]):
+            bar.set_height(height)
         mode = "annealed Langevin" if self.annealed.value else "Langevin"
         total = self.n_steps.value * (self.n_levels if self.annealed.value else 1)
         left.set_title(f"{mode}, {self.score_source.value} score, {total} steps\n{counts[0]} nearer (−5, −5), {counts[1]} nearer (5, 5)")
-        positions = np.arange(3)
-        truth = [*self.mixture.weights.tolist(), 1.0]
-        right.bar(positions - 0.2, truth, width=0.4, label="truth", color="0.6")
-        right.bar(positions + 0.2, [*weights.tolist(), reached], width=0.4, label="this run", color=viz.FIELD_COLOR)
-        right.set(xticks=positions, xticklabels=["weight of\n(−5, −5)", "weight of\n(5, 5)", "reached\na mode"], ylim=(0, 1.05))
-        right.set_title("mode weights (nearest mode)")
-        right.legend(loc="upper left", fontsize="small")
         se = np.sqrt(0.16 / len(x))
         self.data = {"particles": x.numpy(), "weights": weights.numpy(), "reached": reached}
         hint = "" if self.score_source.value == "exact" or self.model is not None else " (no learned model yet: showing the exact score)"
