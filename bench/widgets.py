@@ -12,6 +12,7 @@ measured by tests/test_browser.py, which writes build/screenshots/latency.json.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -25,7 +26,7 @@ GOAL_MS = 150
 #: explorer, then (control attribute, the value one slider step away from the default) per control
 MOVES = {
     widgets.ScoreFieldExplorer: [("sigma", 10 ** (-1 + 0.05)), ("spread", 3.6), ("n_modes", 4)],
-    widgets.LangevinPlayground: [("step_size", 10 ** (-2.7 + 0.1)), ("n_particles", 1100), ("sigma_min", 10 ** (-1 + 0.05))],
+    widgets.LangevinPlayground: [("step_size", 10 ** (math.log10(4e-3) - 0.5)), ("n_particles", 1100), ("sigma_min", 10 ** (-1 + 0.05))],
     widgets.SDEExplorer: [("time", 0.31), ("n_steps", 205), ("sde_name", "VE")],
 }
 

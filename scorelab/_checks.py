@@ -68,8 +68,12 @@ def shared_value(v) -> float | None:
     expanded from one value); None when the entries differ."""
     if not isinstance(v, torch.Tensor):
         return float(v)
-    v = distinct_values(v).reshape(-1)
-    return v[0].item() if len(v) == 1 or bool((v == v[0]).all()) else None
+    if v.numel() == 1:
+        return v.item()
+    if v.ndim == 1 and v.stride(0) == 0:  # expanded from one value, as samplers pass a level or a time
+        return v[0].item()
+    flat = v.reshape(-1)
+    return flat[0].item() if bool((flat == flat[0]).all()) else None
 
 
 def check_tensor(name: str, x, min_dim: int = 1) -> torch.Tensor:

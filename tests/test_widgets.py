@@ -105,7 +105,7 @@ def playground():
 
 def test_playground_controls_rerun_the_sampler(playground):
     for control, value in [
-        (playground.n_steps, 10),
+        (playground.n_steps, 15),
         (playground.n_particles, 500),
         (playground.step_size, 1e-3),
         (playground.sigma_min, 0.2),
