@@ -56,6 +56,21 @@ def _canvas_png(canvas: FigureCanvasAgg, compress_level: int = 1) -> bytes:
     return buffer.getvalue()
 
 
+def empty_panel(ax) -> None:
+    """Remove what was drawn in `ax` (images, collections, lines, patches, bars, texts, legend, title), keeping the
+    axes, their ticks and their colour bar, which the next `viz` call with `colorbar=` points at its new image."""
+    mappables = [*ax.images, *ax.collections]
+    ax.reused_colorbar = next((m.colorbar for m in mappables if m.colorbar is not None), None)
+    for container in [*ax.containers]:  # bars: their patches and the container the legend reads
+        container.remove()
+    for artist in [*mappables, *ax.lines, *ax.patches, *ax.texts]:
+        artist.remove()
+    if ax.get_legend() is not None:
+        ax.get_legend().remove()
+    ax.set_title("")
+    ax.set_axis_on()
+
+
 class Explorer:
     """Shared plumbing: controls in a box above a status line and the figure, redrawn on every change."""
 
@@ -105,16 +120,7 @@ class Explorer:
             return fig, axes
         fig, axes = self._figures[arrangement]
         for ax in axes:
-            mappables = [*ax.images, *ax.collections]
-            ax.reused_colorbar = next((m.colorbar for m in mappables if m.colorbar is not None), None)
-            for container in [*ax.containers]:  # bars: their patches and the container the legend reads
-                container.remove()
-            for artist in [*mappables, *ax.lines, *ax.patches, *ax.texts]:
-                artist.remove()
-            if ax.get_legend() is not None:
-                ax.get_legend().remove()
-            ax.set_title("")
-            ax.set_axis_on()
+            empty_panel(ax)
         return fig, axes
 
     def render(self, fig: Figure) -> bytes:
@@ -450,7 +456,9 @@ class SDEExplorer(Explorer):
         self.n_steps = W.IntSlider(value=200, min=5, max=1000, step=5, description="steps", **slider)
         # half the side of the left panel per SDE, fixed over t so that VE's exploding variance shows
         self.half_widths = {name: self._half_width(sde) for name, sde in self.sdes.items()}
-        self._last_run = None  # (settings, (samples, paths, times, TV to p_0)) of the last sampler run (`run`)
+        self._last_run = None  # (settings, (samples, paths, times)) of the last sampler run (`run`)
+        self._drawn = None  # (the run's settings, the dots, the colour bar's axes) as last drawn (`draw`)
+        self._tv = None  # TV of the last run's samples to p_0
         super().__init__([self.sde_name, self.time, self.n_steps, self.sampler, self.corrector])
         self.observe(self.sde_name, self.time, self.sampler, self.corrector, self.n_steps)
         self.redraw()
@@ -493,21 +501,36 @@ class SDEExplorer(Explorer):
         marginal = self.mixture.marginal(sde, t)
         mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
         half = self.half_widths[self.sde_name.value]
-        fig, (left, right) = self.panels("marginal, sampler", (8.4, 4.2))
+        self.corrector.disabled = self.sampler.value != "reverse SDE"
+        x, paths, times = self.run()
+        same_run = self._drawn is not None and self._drawn[0] == self._last_run[0]
+        if same_run:  # only t moved: the right panel keeps its sampler run; the left panel and the dots are redrawn
+            fig, (left, right) = self._figures["marginal, sampler"]
+            empty_panel(left)
+            self._drawn[1].remove()
+        else:
+            fig, (left, right) = self.panels("marginal, sampler", (8.4, 4.2))
+            viz.plot_density(self.mixture, (-6, 6), 80, ax=right, title=f"{self.sampler.value} over p_0\n(paths from T; dots at t)")
+            viz.plot_paths(paths, ax=right)
+            viz.plot_samples(x, ax=right, bounds=(-6, 6), s=3)
+            self._backgrounds.pop(id(fig), None)  # `render`: the still part changed
+            self._tv = tv_grid(x, self.mixture, bounds=(-6, 6), bins=20)
         title = f"{self.sde_name.value}: p_t at t = {t:.3g}\nmean scale m(t) = {mean_scale:.2f}, σ(t) = {std:.2f}"
         density = viz.plot_density(marginal, (-half, half), 80, ax=left, title=title, colorbar="density p_t")
         viz.plot_field(marginal.score, (-half, half), 17, ax=left)
-        self.corrector.disabled = self.sampler.value != "reverse SDE"
-        x, paths, times = self.run()
         now = int(np.abs(times - t).argmin())  # the saved state nearest to the slider's t
-        viz.plot_density(self.mixture, (-6, 6), 80, ax=right, title=f"{self.sampler.value} over p_0\n(paths from T; dots at t)")
-        viz.plot_paths(paths, ax=right)
-        viz.plot_samples(x, ax=right, bounds=(-6, 6), s=3)
-        right.scatter(paths[now, :, 0], paths[now, :, 1], s=22, color="w", edgecolors="k", linewidths=0.8, zorder=3)
-        tv = tv_grid(x, self.mixture, bounds=(-6, 6), bins=20)
+        dots = right.scatter(paths[now, :, 0], paths[now, :, 1], s=22, color="w", edgecolors="k", linewidths=0.8, zorder=3)
+        self._drawn = self._last_run[0], dots, density.colorbar.ax
+        tv = self._tv
         self.data = {"density": density.get_array().data.copy(), "samples": x.numpy(), "paths": paths.numpy(), "tv": tv, "now": now}
         self.status.value = (
             f"TV(samples, p_0) = {tv.tv:.3f}; an exact sampler of {len(x)} points scores {tv.floor:.3f} ± {tv.spread:.3f}. "
             f"White dots: the paths at t = {times[now]:.3g}."
         )
         return fig
+
+    def render(self, fig: Figure) -> bytes:
+        """Moving t changes the left panel, its colour bar and the dots: only they are drawn again (`render_over`)
+        over the rest, which is drawn anew when the sampler's run changed."""
+        _, dots, colorbar_axes = self._drawn
+        return self.render_over(fig, [self._figures["marginal, sampler"][1][0], colorbar_axes, dots])
