@@ -35,7 +35,7 @@ from ._checks import (
 )
 from .distributions import check_measurement
 from .losses import REDUCTIONS, _reduce, diffuse, sde_dsm
-from .sampling import PREDICTORS, DivergenceError, _FiniteGuard, _randn_like, pc_sample
+from .sampling import PREDICTORS, DivergenceError, _FiniteGuard, _randn_like, _Schedule, pc_sample
 
 #: the label that means "no label" to a `ScoreMLP(..., n_classes=C)`: classifier-free guidance's null token
 NULL_LABEL = -1
@@ -219,6 +219,7 @@ def linear_inverse_sample(
     eps = sde.check_eps(eps)
     generator = as_generator(generator, x.device)
     times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
+    schedule = _Schedule(sde, times)
     x = x.detach().clone()
     guard = _FiniteGuard(n_steps, callback)
     with torch.no_grad():
@@ -228,10 +229,10 @@ def linear_inverse_sample(
                 f"is not finite there; take more steps (n_steps={n_steps})"
             )
             with guard.step(x, i, error):
-                x, _ = PREDICTORS["reverse_diffusion"](sde, score, x, t, t_next, _randn_like(x, generator))
-            mean_scale, std = (c.item() for c in sde.marginal_coeffs(t_next))
+                x, _ = PREDICTORS["reverse_diffusion"](sde, schedule, score, x, t, t_next, _randn_like(x, generator))
+            mean_scale, std = schedule.marginal(t_next)
             y_hat = mean_scale * y + std * (_randn_like(x, generator) @ A.T)  # a draw of p(y_t | y)
-            b2 = sde.transition_coeffs(t_next, t)[1].item() ** 2
+            b2 = schedule.transition(t_next, t)[1] ** 2
             gain = -torch.expm1(-b2 * S**2 / (mean_scale * noise_std) ** 2) / S  # exact flow, in A's row space
             x = x + ((y_hat - x @ A.T) @ U * gain) @ Vh
             guard.check(x, i, error)

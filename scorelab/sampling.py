@@ -312,33 +312,54 @@ def annealed_langevin(
 # A predictor moves x from time t to t_next < t and returns (x, x_mean); z is the step's standard noise.
 
 
+class _Schedule:
+    """m(t) and sigma(t) of a linear SDE at a sampler's grid of times, worked out in one vectorised call and kept as
+    floats: the predictors ask for them at every step (each ask was a dozen operations on 0-d tensors)."""
+
+    def __init__(self, sde, times: list[float]):
+        self.sde = sde
+        m, std = sde.marginal_coeffs(torch.tensor(times, dtype=torch.float64))
+        self._coeffs = dict(zip(times, zip(m.tolist(), std.tolist())))
+
+    def marginal(self, t: float) -> tuple[float, float]:
+        """(m(t), sigma(t))."""
+        coeffs = self._coeffs.get(t)
+        return coeffs if coeffs is not None else tuple(c.item() for c in self.sde.marginal_coeffs(t))
+
+    def transition(self, s: float, t: float) -> tuple[float, float]:
+        """(a, b) with x_t = a x_s + b z for s < t, as `SDE.transition_coeffs`."""
+        (m_s, std_s), (m_t, std_t) = self.marginal(s), self.marginal(t)
+        a = m_t / m_s
+        return a, math.sqrt(max(std_t**2 - a**2 * std_s**2, 0.0))
+
+
 def _time_batch(t: float, x: torch.Tensor) -> torch.Tensor:
     """One time for the whole batch, expanded (stride 0) so that a score can see it is shared without a scan."""
     return torch.full((1,), t, dtype=x.dtype, device=x.device).expand(len(x))
 
 
-def _euler_maruyama(sde, score, x, t, t_next, z):
+def _euler_maruyama(sde, schedule, score, x, t, t_next, z):
     """x <- x - [f(t) x - g(t)^2 s(x, t)] |dt| + g(t) sqrt(|dt|) z."""
     dt = t - t_next
     mean = x - reverse_drift(sde, score, x, _time_batch(t, x)) * dt
     return mean + append_dims(sde.diffusion(_time_batch(t, x)).to(x.dtype), x.ndim) * math.sqrt(dt) * z, mean
 
 
-def _reverse_diffusion(sde, score, x, t, t_next, z):
+def _reverse_diffusion(sde, schedule, score, x, t, t_next, z):
     """Reverse the exact forward step x_t = a x_next + b z: x <- x - (a - 1) x + b^2 s(x, t) + b z (Song et al. 2021, Eq. 46)."""
-    a, b = (c.item() for c in sde.transition_coeffs(t_next, t))
+    a, b = schedule.transition(t_next, t)
     mean = (2 - a) * x + b**2 * score(x, _time_batch(t, x))
     return mean + b * z, mean
 
 
-def _ancestral(sde, score, x, t, t_next, z):
+def _ancestral(sde, schedule, score, x, t, t_next, z):
     """The SMLD (VE) or DDPM (VP) ancestral step that the SDE defines: x <- a x + b s(x, t) + c z."""
     a, b, c = (v.item() for v in sde.ancestral_coeffs(t, t_next))
     mean = a * x + b * score(x, _time_batch(t, x))
     return mean + c * z, mean
 
 
-def _langevin_corrector(sde, score, x, t, t_prev, z, snr):
+def _langevin_corrector(sde, schedule, score, x, t, t_prev, z, snr):
     """One Langevin step at time t with eps = 2 alpha (snr ||z|| / ||s||)^2 (Song et al. 2021, Alg. 5).
 
     alpha = (m(t_prev) / m(t))^2 with t_prev > t the step's start: 1 for VE, 1 - beta_i for VP and sub-VP
@@ -346,7 +367,7 @@ def _langevin_corrector(sde, score, x, t, t_prev, z, snr):
     The norms are batch means of per-sample norms, as in the official code.
     """
     s = score(x, _time_batch(t, x))
-    alpha = (sde.transition_coeffs(t, t_prev)[0] ** 2).item()
+    alpha = schedule.transition(t, t_prev)[0] ** 2
     grad_norm = s.reshape(len(s), -1).norm(dim=1).mean()
     noise_norm = z.reshape(len(z), -1).norm(dim=1).mean()
     step = 2 * alpha * (snr * noise_norm / grad_norm.clamp_min(1e-12)) ** 2
@@ -359,9 +380,9 @@ PREDICTORS = {"euler_maruyama": _euler_maruyama, "reverse_diffusion": _reverse_d
 CORRECTORS = {"langevin": _langevin_corrector, None: None}
 
 
-def _tweedie(sde, score, x, t: float) -> torch.Tensor:
+def _tweedie(schedule, score, x, t: float) -> torch.Tensor:
     """E[x_0 | x_t] = (x + sigma(t)^2 grad log p_t(x)) / m(t) for a linear SDE."""
-    mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
+    mean_scale, std = schedule.marginal(t)
     return (x + std**2 * score(x, _time_batch(t, x))) / mean_scale
 
 
@@ -422,6 +443,7 @@ def pc_sample(
     eps = sde.check_eps(eps)
     generator = as_generator(generator, x.device)
     times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
+    schedule = _Schedule(sde, times)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
     mask, known = _inpainting(mask, known, x)
     x = x.detach().clone()
@@ -429,7 +451,7 @@ def pc_sample(
     def impose_known(x, t):  # the known entries: a forward sample of them at time t
         if mask is None:
             return x
-        mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
+        mean_scale, std = schedule.marginal(t)
         return torch.where(mask, mean_scale * known + std * _randn_like(x, generator), x)
 
     x = impose_known(x, times[0])
@@ -443,16 +465,16 @@ def pc_sample(
             )
             with guard.step(x, i, error):
                 if predict is not None:
-                    x, x_mean = predict(sde, score, x, t, t_next, _randn_like(x, generator))
+                    x, x_mean = predict(sde, schedule, score, x, t, t_next, _randn_like(x, generator))
                 if correct is not None:
                     for _ in range(n_corrector_steps):
-                        x, x_mean = correct(sde, score, x, t_next, t, _randn_like(x, generator), snr)
+                        x, x_mean = correct(sde, schedule, score, x, t_next, t, _randn_like(x, generator), snr)
             x = impose_known(x, t_next)
             guard.check(x, i, error)
             if callback is not None:
                 callback({"x": x, "x_mean": x_mean, "i": i, "t": t_next})
         if denoise:
-            x = _tweedie(sde, score, x, eps)
+            x = _tweedie(schedule, score, x, eps)
             if not torch.isfinite(x).all():
                 raise DivergenceError(
                     f"the final denoising step (Tweedie at eps={eps:.3g}) gave non-finite values: the score is not finite "
