@@ -505,6 +505,7 @@ class SDEExplorer(Explorer):
         x, paths, times = self.run()
         same_run = self._drawn is not None and self._drawn[0] == self._last_run[0]
         if same_run:  # only t moved: the right panel keeps its sampler run; the left panel and the dots are redrawn
+            self._backgrounds.setdefault(id(self._figures["marginal, sampler"][0]), None)  # `render`: draw over the rest
             fig, (left, right) = self._figures["marginal, sampler"]
             empty_panel(left)
             self._drawn[1].remove()
@@ -531,6 +532,12 @@ class SDEExplorer(Explorer):
 
     def render(self, fig: Figure) -> bytes:
         """Moving t changes the left panel, its colour bar and the dots: only they are drawn again (`render_over`)
-        over the rest, which is drawn anew when the sampler's run changed."""
+        over the rest. A new sampler run changes everything: one full render, and the still part is saved at the
+        next move of t."""
         _, dots, colorbar_axes = self._drawn
-        return self.render_over(fig, [self._figures["marginal, sampler"][1][0], colorbar_axes, dots])
+        changing = [self._figures["marginal, sampler"][1][0], colorbar_axes, dots]
+        if id(fig) in self._backgrounds:
+            return self.render_over(fig, changing)
+        for artist in changing:
+            artist.set_animated(False)
+        return Explorer.render(self, fig)
