@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/sampling.py --particles 100000 --steps 10 --parts a
 	$(PY) bench/sampling.py --parts c
 	$(PY) bench/likelihood.py
+	$(PY) bench/widgets.py
 	$(PY) bench/images.py
 
 lint: $(STAMP)
