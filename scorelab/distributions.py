@@ -116,9 +116,9 @@ class GaussianMixture:
         self._diagonal_variances = variances if bool((covs == torch.diag_embed(variances)).all()) else None
         isotropic = self._diagonal_variances is not None and bool((variances == variances[:, :1]).all())
         self._isotropic_variances = variances[:, 0] if isotropic else None
-        self._equal_variances = isotropic and bool((variances == variances[0, 0]).all())
-        self._isotropic_cache = None
-        self._squared_norms = (means**2).sum(1)  # |mu_k|^2, for the isotropic path's logits
+        # every component the same covariance: then -x^T Sigma^-1 x / 2 is common to all logits and cancels
+        self._shared_covariance = bool((covs == covs[0]).all())
+        self._separable_cache = None  # the last (scale, std) and the coefficients of `_separable_score` for it
         # class membership (K, C), or None when every component is its own class (responsibilities are the answer)
         own = self.labels[:, None] == torch.arange(self.n_classes, device=device)
         self._class_members = None if bool(own.equal(torch.eye(K, dtype=torch.bool, device=device))) else own
@@ -252,10 +252,8 @@ class GaussianMixture:
         precision, y_k = R_k^T (x - scale mu_k) and the score is -sum_k p(k|x) R_k y_k. Blocks sit
         side by side, so the sums over each block's D entries are products with a 0/1 selector.
         """
-        if self._isotropic_variances is not None:
-            return self._isotropic_affine_score(x, scale, std)
-        if self._diagonal_variances is not None:
-            return self._diagonal_affine_score(x, scale, std)
+        if self._diagonal_variances is not None:  # isotropic ones too
+            return _separable_score(x, *self._separable_coefficients(scale, std), drop_squares=self._shared_covariance)
         D, K = self.dim, self.n_components
         variances = scale**2 * self._eigvals + std**2  # (K, D)
         R = self._eigvecs * variances.rsqrt()[:, None, :]  # (K, D, D)
@@ -267,32 +265,24 @@ class GaussianMixture:
         resp = _softmax_rows(log_comp)
         return -(((resp @ select.T) * y) @ R_cat.T)
 
-    def _isotropic_affine_score(self, x: torch.Tensor, scale: float, std: float) -> torch.Tensor:
-        """`_shared_affine_score` for isotropic components v_k I (v_k = scale^2 s_k^2 + std^2): `_isotropic_score`."""
-        return _isotropic_score(x, *self._isotropic_coefficients(scale, std), equal_variances=self._equal_variances)
-
-    def _isotropic_coefficients(self, scale: float, std: float):
-        """1/v_k `(K,)`, m_k / v_k `(K, D)`, [m / v; 1 / v; 1] `(D + 2, K)` and the logits' constant `(K, 1)` for one
-        (scale, std), kept for the last pair asked for: a sampler asks for the same one for many steps in a row."""
+    def _separable_coefficients(self, scale: float, std: float):
+        """The coefficients `_separable_score` takes for the law of scale * X + std * Z when every component has a
+        diagonal covariance, or an isotropic one (then one variance per component, r = 1, instead of r = D):
+        1/v `(K, r)`, m / v `(K, D)` (m = scale mu), [m / v; 1 / v; 1]^T `(D + r + 1, K)` and the logits' constant
+        log w_k - 1/2 log det(diag v_k) - 1/2 m_k^T diag(v_k)^-1 m_k `(K, 1)`. Kept for the last (scale, std)
+        asked for: a sampler asks for the same one for many steps in a row."""
         key = (float(scale), float(std))
-        if self._isotropic_cache is None or self._isotropic_cache[0] != key:
-            (a, b), K = key, self.n_components
-            inv_v = (a * a * self._isotropic_variances + b * b).reciprocal_()
-            # rows [a mu^T; 1; 1/inv_v] scaled by inv_v give [m / v; 1 / v; 1] with m = a mu
-            sums = torch.cat([a * self.means.T, torch.ones(1, K, dtype=self.dtype, device=self.device), inv_v[None].reciprocal()]) * inv_v
-            # log w_k + D/2 log(1 / v_k) - a^2 |mu_k|^2 / (2 v_k)
-            bias = torch.addcmul(self.weights.log(), inv_v, self._squared_norms, value=-0.5 * a * a).add_(inv_v.log(), alpha=0.5 * self.dim)
-            self._isotropic_cache = key, (inv_v, sums[: self.dim].T, sums, bias[:, None])
-        return self._isotropic_cache[1]
-
-    def _diagonal_affine_score(self, x: torch.Tensor, scale: float, std: float) -> torch.Tensor:
-        """`_shared_affine_score` for diagonal covariances, elementwise on `(n, K, D)`: with v_k = scale^2 diag(Sigma_k)
-        + std^2 and y_k = (x - scale mu_k) / sqrt(v_k), the score is -sum_k p(k|x) y_k / sqrt(v_k)."""
-        variances = scale**2 * self._diagonal_variances + std**2  # (K, D)
-        inv_std = variances.rsqrt()
-        y = (x[:, None, :] - scale * self.means) * inv_std
-        log_comp = (self.weights.log() - 0.5 * variances.log().sum(-1)) - 0.5 * y.square().sum(-1)
-        return -(_softmax_rows(log_comp)[..., None] * y * inv_std).sum(1)
+        if self._separable_cache is None or self._separable_cache[0] != key:
+            (a, b), K, D = key, self.n_components, self.dim
+            own = self._isotropic_variances[:, None] if self._isotropic_variances is not None else self._diagonal_variances
+            inv_v = (a * a * own + b * b).reciprocal_()  # (K, r)
+            m = a * self.means
+            weighted = m * inv_v
+            sums = torch.cat([weighted.T, inv_v.T, torch.ones(1, K, dtype=self.dtype, device=self.device)])
+            log_det = inv_v.log().sum(1) * (D / inv_v.shape[1])  # -log det(diag v_k)
+            bias = self.weights.log() + 0.5 * log_det - 0.5 * (m * weighted).sum(1)
+            self._separable_cache = key, (inv_v, weighted, sums, bias[:, None])
+        return self._separable_cache[1]
 
     def condition(self, mask, values) -> GaussianMixture:
         r"""The exact conditional law of the unknown coordinates given x[mask] = values: a mixture again.
@@ -452,28 +442,32 @@ class GaussianMixture:
         return (resp[..., None] * comp_means).sum(1).reshape(y.shape).to(y.dtype)
 
 
-def _isotropic_score(x, inv_v, weighted_means, sums, bias, equal_variances: bool) -> torch.Tensor:
-    """The score at x `(n, D)` of a mixture of isotropic components N(m_k, v_k I) with weights w_k, from the
-    coefficients that `GaussianMixture._isotropic_coefficients` makes: one matrix product for the logits
-    log w_k - D/2 log v_k - |x - m_k|^2 / (2 v_k), an exp, and one more product.
+def _separable_score(x, inv_variances, weighted_means, sums, bias, drop_squares: bool) -> torch.Tensor:
+    """The score at x `(n, D)` of a mixture of components N(m_k, diag(v_k)), from the coefficients that
+    `GaussianMixture._separable_coefficients` makes (`inv_variances` `(K, r)`: r = D per-coordinate variances, or
+    r = 1 for isotropic components): matrix products for the logits, an exp, and one more product.
 
-    With e_k the exponentiated logits (unnormalised responsibilities), the score is
-    sum_k p(k|x) (m_k - x) / v_k = (sum_k e_k m_k / v_k - x sum_k e_k / v_k) / sum_k e_k, and the three sums are one
-    product of the `(D + 2, K)` matrix [m / v; 1 / v; 1] with e. Everything is laid out `(K, n)` and `(D, n)`: the
-    reductions over the few components then run along contiguous rows of n, several times faster on a CPU than over
-    the short last dim of `(n, K)` (torch's softmax over 8 columns costs 10 ns an entry). The largest logit is
-    subtracted detached: the score does not depend on that shift, and autograd through it stays exact. Logits more
-    than `_LOGIT_FLOOR` below the largest are raised to it: exp then never underflows, which costs a CPU ten times a
-    normal exp, and such a component weighs under 2e-35 relative, below float64's resolution. With equal variances
-    |x|^2 / (2 v) is common to all k and the softmax drops it. `bench/sampling.py` measures the chain this makes.
+    The logits log w_k - 1/2 log det diag(v_k) - 1/2 sum_d (x_d - m_kd)^2 / v_kd are the constant `bias` plus
+    (m_k / v_k) . x minus 1/2 (1 / v_k) . x^2 (x^2 coordinatewise, or |x|^2 when r = 1); with one covariance for
+    all components the last term is common to every k and the softmax drops it (`drop_squares`). With e_k the
+    exponentiated logits (unnormalised responsibilities), coordinate d of the score is
+    sum_k p(k|x) (m_kd - x_d) / v_kd = (sum_k e_k m_kd / v_kd - x_d sum_k e_k / v_kd) / sum_k e_k, and the three
+    sums are one product of [m / v; 1 / v; 1]^T with e. Everything is laid out `(K, n)` and `(D, n)`: the reductions
+    over the few components then run along contiguous rows of n, several times faster on a CPU than over the short
+    last dim of `(n, K)` (torch's softmax over 8 columns costs 10 ns an entry). The largest logit is subtracted
+    detached: the score does not depend on that shift, and autograd through it stays exact. Logits more than
+    `_LOGIT_FLOOR` below the largest are raised to it: exp then never underflows, which costs a CPU ten times a
+    normal exp, and such a component weighs under 2e-35 relative, below float64's resolution. `bench/sampling.py`
+    measures the chain this makes.
     """
     xT = x.T
     logits = torch.addmm(bias, weighted_means, xT)  # (K, n)
-    if not equal_variances:
-        logits = torch.addr(logits, inv_v, (x * x).sum(1), alpha=-0.5)
+    if not drop_squares:
+        squares = x * x if inv_variances.shape[1] > 1 else (x * x).sum(1, keepdim=True)
+        logits = torch.addmm(logits, inv_variances, squares.T, alpha=-0.5)
     e = logits.sub_((logits.detach() if logits.requires_grad else logits).amax(0)).clamp_min_(-_LOGIT_FLOOR).exp_()
-    weighted_sum, inv_v_sum, total = (sums @ e).split([x.shape[1], 1, 1])  # (D, n), (1, n), (1, n)
-    return torch.addcmul(weighted_sum, xT, inv_v_sum, value=-1).div_(total).T
+    weighted_sum, inv_variance_sum, total = (sums @ e).split([x.shape[1], inv_variances.shape[1], 1])
+    return torch.addcmul(weighted_sum, xT, inv_variance_sum, value=-1).div_(total).T
 
 
 def _full_covariances(covs: torch.Tensor, K: int, D: int) -> torch.Tensor:

@@ -169,19 +169,22 @@ def test_dtype_and_shape_handling():
 
 
 @pytest.mark.parametrize("D, K", [(1, 2), (2, 8), (5, 3)])
-@pytest.mark.parametrize("structure", ["diagonal", "isotropic", "isotropic, equal"])
+@pytest.mark.parametrize("structure", ["diagonal", "diagonal, shared", "isotropic", "isotropic, equal"])
 def test_fast_paths_equal_the_whitened_and_per_sample_paths(D, K, structure):
-    """Isotropic and diagonal covariances take their own shared-noise score paths (a matrix product and a softmax; an
-    elementwise one): the same numbers as the whitened path that full covariances take, and as the per-sample path."""
+    """Isotropic and diagonal covariances take their own shared-noise score path (`_separable_score`: matrix
+    products and an exp; with one covariance for all components the squares drop out): the same numbers as the
+    whitened path that full covariances take, and as the per-sample path."""
     g = torch.Generator().manual_seed(D)
     variances = {
         "diagonal": 0.2 + torch.rand(K, D, generator=g),
+        "diagonal, shared": (0.2 + torch.rand(1, D, generator=g)).expand(K, D),
         "isotropic": 0.2 + torch.rand(K, generator=g),
         "isotropic, equal": torch.full((K,), 0.7),
     }[structure]
     mix = GaussianMixture(torch.full((K,), 1 / K), torch.randn(K, D, generator=g, dtype=torch.float64), variances)
     assert (mix._isotropic_variances is not None) == structure.startswith("isotropic") or D == 1
     assert mix._diagonal_variances is not None
+    assert mix._shared_covariance == (structure.endswith(("shared", "equal")) or K == 1)
     assert GaussianMixture([1.0], [[0.0, 0.0]], [[[1.0, 0.5], [0.5, 1.0]]])._diagonal_variances is None
     # 100 points far out: there some logits lie more than 80 below the largest and are floored before exp
     x = torch.cat([2 * torch.randn(400, D, generator=g, dtype=torch.float64), 30 * torch.randn(100, D, generator=g, dtype=torch.float64)])
