@@ -138,18 +138,22 @@ class Explorer:
             self._layouts[key] = [ax.get_position() for ax in fig.axes]
         return png
 
-    def render_over(self, fig: Figure, changing: list) -> bytes:
+    def render_over(self, fig: Figure, changing: list, still: tuple = ()) -> bytes:
         """`fig` as PNG bytes when only the `changing` artists differ from one redraw to the next (matplotlib's
         blitting): the first call renders everything else once and keeps that image; every call restores it and
-        draws only these artists over it. Axes, ticks, legends and still text, most of a render, are not drawn again."""
-        background = self._backgrounds.get(id(fig))
+        draws only these artists over it. Axes, ticks, legends and still text, most of a render, are not drawn again.
+        An explorer with several such images names each by `still` (what stays the same while it serves)."""
+        key = (id(fig), still)
+        background = self._backgrounds.get(key)
         if background is None:
+            for artist in fig.findobj(lambda a: a.get_animated()):
+                artist.set_animated(False)  # left out of another saved image, drawn in this one
             for artist in changing:
                 artist.set_animated(True)  # left out of a full render
             Explorer.render(self, fig)  # the full render, whatever a subclass's `render` does
-            background = self._backgrounds[id(fig)] = fig.canvas.copy_from_bbox(fig.bbox)
+            background = self._backgrounds[key] = fig.canvas.copy_from_bbox(fig.bbox)
         fig.canvas.restore_region(background)
-        for artist in changing:
+        for artist in sorted(changing, key=lambda a: a.get_zorder()):  # in the order a full render draws them
             fig.draw_artist(artist)
         return _canvas_png(fig.canvas)
 
@@ -457,7 +461,8 @@ class SDEExplorer(Explorer):
         # half the side of the left panel per SDE, fixed over t so that VE's exploding variance shows
         self.half_widths = {name: self._half_width(sde) for name, sde in self.sdes.items()}
         self._last_run = None  # (settings, (samples, paths, times)) of the last sampler run (`run`)
-        self._drawn = None  # (the run's settings, the dots, the colour bar's axes) as last drawn (`draw`)
+        self._drawn = None  # what the last `draw` drew: its run and view settings, dots, run artists, colour bar
+        self._mode = "all"  # what the last `draw` drew again: "t", "run" or "all" (`render`)
         self._tv = None  # TV of the last run's samples to p_0
         super().__init__([self.sde_name, self.time, self.n_steps, self.sampler, self.corrector])
         self.observe(self.sde_name, self.time, self.sampler, self.corrector, self.n_steps)
@@ -503,25 +508,39 @@ class SDEExplorer(Explorer):
         half = self.half_widths[self.sde_name.value]
         self.corrector.disabled = self.sampler.value != "reverse SDE"
         x, paths, times = self.run()
-        same_run = self._drawn is not None and self._drawn[0] == self._last_run[0]
-        if same_run:  # only t moved: the right panel keeps its sampler run; the left panel and the dots are redrawn
-            self._backgrounds.setdefault(id(self._figures["marginal, sampler"][0]), None)  # `render`: draw over the rest
-            fig, (left, right) = self._figures["marginal, sampler"]
-            empty_panel(left)
-            self._drawn[1].remove()
+        run, view = self._last_run[0], (self.sde_name.value, self.time.value, self.sampler.value)
+        # what to draw again: only t moved ("t": the left panel and the dots), only the run changed with the same
+        # SDE, t and sampler ("run": the paths, samples and dots), the SDE changed too ("both": all of these; the
+        # p_0 image, the right panel's frame and title stay), or the sampler changed ("all")
+        drawn = self._drawn
+        if drawn is None or drawn["view"][2] != view[2]:
+            self._mode = "all"
         else:
+            self._mode = "t" if drawn["run"] == run else "run" if drawn["view"] == view else "both"
+        if self._mode == "all":
             fig, (left, right) = self.panels("marginal, sampler", (8.4, 4.2))
             viz.plot_density(self.mixture, (-6, 6), 80, ax=right, title=f"{self.sampler.value} over p_0\n(paths from T; dots at t)")
-            viz.plot_paths(paths, ax=right)
-            viz.plot_samples(x, ax=right, bounds=(-6, 6), s=3)
-            self._backgrounds.pop(id(fig), None)  # `render`: the still part changed
+        else:
+            fig, (left, right) = self._figures["marginal, sampler"]
+            drawn["dots"].remove()
+        if self._mode in ("run", "both"):
+            for artist in drawn["run artists"]:
+                artist.remove()
+        if self._mode != "t":
+            run_artists = [*viz.plot_paths(paths, ax=right), viz.plot_samples(x, ax=right, bounds=(-6, 6), s=3)]
             self._tv = tv_grid(x, self.mixture, bounds=(-6, 6), bins=20)
-        title = f"{self.sde_name.value}: p_t at t = {t:.3g}\nmean scale m(t) = {mean_scale:.2f}, σ(t) = {std:.2f}"
-        density = viz.plot_density(marginal, (-half, half), 80, ax=left, title=title, colorbar="density p_t")
-        viz.plot_field(marginal.score, (-half, half), 17, ax=left)
+        else:
+            run_artists = drawn["run artists"]
+        if self._mode != "run":
+            if self._mode != "all":
+                empty_panel(left)
+            title = f"{self.sde_name.value}: p_t at t = {t:.3g}\nmean scale m(t) = {mean_scale:.2f}, σ(t) = {std:.2f}"
+            viz.plot_density(marginal, (-half, half), 80, ax=left, title=title, colorbar="density p_t")
+            viz.plot_field(marginal.score, (-half, half), 17, ax=left)
+        density = left.images[0]
         now = int(np.abs(times - t).argmin())  # the saved state nearest to the slider's t
         dots = right.scatter(paths[now, :, 0], paths[now, :, 1], s=22, color="w", edgecolors="k", linewidths=0.8, zorder=3)
-        self._drawn = self._last_run[0], dots, density.colorbar.ax
+        self._drawn = {"run": run, "view": view, "dots": dots, "run artists": run_artists, "colorbar": density.colorbar.ax}
         tv = self._tv
         self.data = {"density": density.get_array().data.copy(), "samples": x.numpy(), "paths": paths.numpy(), "tv": tv, "now": now}
         self.status.value = (
@@ -531,13 +550,25 @@ class SDEExplorer(Explorer):
         return fig
 
     def render(self, fig: Figure) -> bytes:
-        """Moving t changes the left panel, its colour bar and the dots: only they are drawn again (`render_over`)
-        over the rest. A new sampler run changes everything: one full render, and the still part is saved at the
-        next move of t."""
-        _, dots, colorbar_axes = self._drawn
-        changing = [self._figures["marginal, sampler"][1][0], colorbar_axes, dots]
-        if id(fig) in self._backgrounds:
-            return self.render_over(fig, changing)
-        for artist in changing:
-            artist.set_animated(False)
-        return Explorer.render(self, fig)
+        """Only what a control changed is drawn again (`render_over`), over a saved image of the rest: moving t
+        changes the left panel, its colour bar and the dots; a new run with the same SDE, t and sampler (steps, the
+        corrector) changes the paths, samples and dots; a new SDE changes both. A new sampler (the right panel's
+        title) is one full render. Each saved image is made the first time it serves, and dropped when what it
+        holds changes."""
+        drawn, (left, right) = self._drawn, self._figures["marginal, sampler"][1]
+        if self._mode == "all":
+            self._backgrounds = {k: v for k, v in self._backgrounds.items() if k[0] != id(fig)}
+            for artist in fig.findobj(lambda a: a.get_animated()):
+                artist.set_animated(False)
+            return Explorer.render(self, fig)
+        left_part = [left, drawn["colorbar"]]
+        # the right panel's frame is drawn with the run: a full render draws it over the paths (zorder 2.5 against 2)
+        run_part = [*drawn["run artists"], *right.spines.values()]
+        if self._mode == "t":  # the run is as it was: the image holding it (without the left panel) still serves
+            self._backgrounds.pop((id(fig), ("run",)), None)
+            return self.render_over(fig, [*left_part, drawn["dots"]], still=("t",))
+        self._backgrounds.pop((id(fig), ("t",)), None)  # the run changed: the image holding the old one is stale
+        if self._mode == "run":
+            return self.render_over(fig, [*run_part, drawn["dots"]], still=("run",))
+        self._backgrounds.pop((id(fig), ("run",)), None)  # the SDE changed: the image holding the left panel is stale
+        return self.render_over(fig, [*left_part, *run_part, drawn["dots"]], still=("both",))
