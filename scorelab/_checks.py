@@ -57,10 +57,25 @@ class values_checked_by_caller:
         return False
 
 
+def _expanded(v: torch.Tensor) -> bool:
+    """Whether `v` holds one value expanded to many entries (every stride 0), as the samplers pass a level or a time."""
+    return v.numel() > 1 and all(s == 0 for s in v.stride())
+
+
 def distinct_values(v: torch.Tensor) -> torch.Tensor:
-    """The entries of `v` worth checking: one for a tensor expanded from one value (all strides 0, as the samplers
-    pass a level shared by the batch), so that checking it costs nothing per sample; else `v` itself."""
-    return v.reshape(-1)[:1] if v.numel() > 1 and all(s == 0 for s in v.stride()) else v
+    """The entries of `v` worth checking: one for a tensor expanded from one value, so that checking it costs nothing
+    per sample; else `v` itself."""
+    return v.reshape(-1)[:1] if _expanded(v) else v
+
+
+def holds_everywhere(v: torch.Tensor, condition) -> bool:
+    """Whether `condition` (entries -> bools, written with comparisons so that it takes a float or a tensor) holds for
+    every entry of `v`: on a Python float, with one read, when `v` holds one value (expanded or not); else as one
+    reduction. NaN fails any comparison, so a condition like `lambda u: (u > 0) & (u < inf)` refuses it."""
+    distinct = distinct_values(v)
+    if distinct.numel() == 1:
+        return bool(condition(distinct.item()))
+    return bool(condition(distinct).all())
 
 
 def shared_value(v) -> float | None:
@@ -68,10 +83,8 @@ def shared_value(v) -> float | None:
     expanded from one value); None when the entries differ."""
     if not isinstance(v, torch.Tensor):
         return float(v)
-    if v.numel() == 1:
-        return v.item()
-    if v.ndim == 1 and v.stride(0) == 0:  # expanded from one value, as samplers pass a level or a time
-        return v[0].item()
+    if v.numel() == 1 or _expanded(v):
+        return v[(0,) * v.ndim].item()
     flat = v.reshape(-1)
     return flat[0].item() if bool((flat == flat[0]).all()) else None
 
@@ -105,12 +118,7 @@ def check_positive(name: str, value, allow_tensor: bool = True):
     if isinstance(value, torch.Tensor) and allow_tensor:
         if not value.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-        distinct = distinct_values(value)
-        if distinct.numel() == 1:  # one value (a shared level): one read instead of two reductions
-            ok = math.isfinite(v := distinct.item()) and v > 0
-        else:
-            ok = bool(torch.isfinite(distinct).all() and (distinct > 0).all())
-        if not ok:
+        if not holds_everywhere(value, lambda u: (u > 0) & (u < math.inf)):
             raise ValueError(f"{name} must be positive and finite, got {value}")
         return value
     if isinstance(value, bool) or not isinstance(value, Real):

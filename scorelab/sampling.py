@@ -46,7 +46,7 @@ from ._checks import (
     values_checked_by_caller,
 )
 from .noise import check_sigmas
-from .sde import probability_flow_drift, reverse_drift
+from .sde import probability_flow_drift, reverse_drift, transition_from_marginals
 
 
 class DivergenceError(FloatingPointError, ValueError):
@@ -328,9 +328,7 @@ class _Schedule:
 
     def transition(self, s: float, t: float) -> tuple[float, float]:
         """(a, b) with x_t = a x_s + b z for s < t, as `SDE.transition_coeffs`."""
-        (m_s, std_s), (m_t, std_t) = self.marginal(s), self.marginal(t)
-        a = m_t / m_s
-        return a, math.sqrt(max(std_t**2 - a**2 * std_s**2, 0.0))
+        return transition_from_marginals(*self.marginal(s), *self.marginal(t))
 
 
 def _time_batch(t: float, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from ._checks import append_dims, as_generator, check_int, check_positive, check_tensor, distinct_values
+from ._checks import append_dims, as_generator, check_int, check_positive, check_tensor, holds_everywhere
 
 
 def _as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,12 +61,8 @@ class SDE:
     def check_time(self, t, name: str = "t") -> torch.Tensor:
         """`t` as a tensor, with every entry in [0, T] (T up to float32 rounding)."""
         t = _as_time(t)
-        values, top = distinct_values(t), self.T * (1 + 1e-6)  # one entry for a time expanded to a batch (samplers')
-        if values.numel() == 1:  # one read instead of three reductions
-            inside = 0 <= values.item() <= top  # False for NaN too
-        else:
-            inside = bool(torch.isfinite(values).all() and (values >= 0).all() and (values <= top).all())
-        if not inside:
+        top = self.T * (1 + 1e-6)
+        if not holds_everywhere(t, lambda u: (u >= 0) & (u <= top)):  # NaN fails both
             raise ValueError(f"{name} must lie in [0, T] = [0, {self.T}], got {t.min().item():.4g}..{t.max().item():.4g}")
         return t
 
@@ -107,10 +103,7 @@ class SDE:
 
     def transition_coeffs(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b) with x_t = a x_s + b z for s < t: a = m(t)/m(s), b^2 = sigma(t)^2 - a^2 sigma(s)^2 (exact for linear SDEs)."""
-        m_s, std_s = self.marginal_coeffs(s)
-        m_t, std_t = self.marginal_coeffs(t)
-        a = m_t / m_s
-        return a, (std_t**2 - a**2 * std_s**2).clamp_min(0).sqrt()
+        return transition_from_marginals(*self.marginal_coeffs(s), *self.marginal_coeffs(t))
 
     def ancestral_coeffs(self, t, t_next) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(a, b, c) of one ancestral step t -> t_next < t: x <- a x + b s(x, t) + c z. VE and VP only."""
@@ -223,6 +216,14 @@ class OUSDE(SDE):
 
     def __repr__(self):
         return f"OUSDE(T={self.T})"
+
+
+def transition_from_marginals(m_s, std_s, m_t, std_t):
+    """(a, b) with x_t = a x_s + b z for s < t, from the marginal coefficients (m, sigma) at s and at t: a = m_t / m_s
+    and b^2 = sigma_t^2 - a^2 sigma_s^2 (exact for linear SDEs). Tensors or Python floats."""
+    a = m_t / m_s
+    variance = std_t**2 - a**2 * std_s**2
+    return a, variance.clamp_min(0).sqrt() if isinstance(variance, torch.Tensor) else math.sqrt(max(variance, 0.0))
 
 
 def reverse_drift(sde: SDE, score, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,7 @@ class Explorer:
         self.data: dict[str, np.ndarray] = {}
         self._layouts: dict[tuple, list] = {}  # solved constrained layouts, by arrangement of panels (`render`)
         self._figures: dict = {}  # one figure per arrangement, reused by every redraw (`panels`)
-        self._backgrounds: dict = {}  # a figure's image without its changing artists, by id (`render_over`)
+        self._backgrounds: dict = {}  # a figure's image without its changing artists, by (id, name) (`render_over`)
         rows = [W.HBox(controls[i : i + 3]) for i in range(0, len(controls), 3)]
         self.widget = W.VBox(rows + ([self.status] if status else []) + [self.image])
 
@@ -138,7 +138,7 @@ class Explorer:
             self._layouts[key] = [ax.get_position() for ax in fig.axes]
         return png
 
-    def render_over(self, fig: Figure, changing: list, still: tuple = ()) -> bytes:
+    def render_over(self, fig: Figure, changing: list, still: str = "") -> bytes:
         """`fig` as PNG bytes when only the `changing` artists differ from one redraw to the next (matplotlib's
         blitting): the first call renders everything else once and keeps that image; every call restores it and
         draws only these artists over it. Axes, ticks, legends and still text, most of a render, are not drawn again.
@@ -462,7 +462,7 @@ class SDEExplorer(Explorer):
         self.half_widths = {name: self._half_width(sde) for name, sde in self.sdes.items()}
         self._last_run = None  # (settings, (samples, paths, times)) of the last sampler run (`run`)
         self._drawn = None  # what the last `draw` drew: its run and view settings, dots, run artists, colour bar
-        self._mode = "all"  # what the last `draw` drew again: "t", "run" or "all" (`render`)
+        self._mode = "all"  # what the last `draw` drew again: "t", "run", "both" or "all" (`render`)
         self._tv = None  # TV of the last run's samples to p_0
         super().__init__([self.sde_name, self.time, self.n_steps, self.sampler, self.corrector])
         self.observe(self.sde_name, self.time, self.sampler, self.corrector, self.n_steps)
@@ -557,18 +557,16 @@ class SDEExplorer(Explorer):
         holds changes."""
         drawn, (left, right) = self._drawn, self._figures["marginal, sampler"][1]
         if self._mode == "all":
-            self._backgrounds = {k: v for k, v in self._backgrounds.items() if k[0] != id(fig)}
+            self._backgrounds.clear()
             for artist in fig.findobj(lambda a: a.get_animated()):
                 artist.set_animated(False)
             return Explorer.render(self, fig)
-        left_part = [left, drawn["colorbar"]]
+        left_part, dots = [left, drawn["colorbar"]], [drawn["dots"]]
         # the right panel's frame is drawn with the run: a full render draws it over the paths (zorder 2.5 against 2)
         run_part = [*drawn["run artists"], *right.spines.values()]
-        if self._mode == "t":  # the run is as it was: the image holding it (without the left panel) still serves
-            self._backgrounds.pop((id(fig), ("run",)), None)
-            return self.render_over(fig, [*left_part, drawn["dots"]], still=("t",))
-        self._backgrounds.pop((id(fig), ("t",)), None)  # the run changed: the image holding the old one is stale
-        if self._mode == "run":
-            return self.render_over(fig, [*run_part, drawn["dots"]], still=("run",))
-        self._backgrounds.pop((id(fig), ("run",)), None)  # the SDE changed: the image holding the left panel is stale
-        return self.render_over(fig, [*left_part, *run_part, drawn["dots"]], still=("both",))
+        changing = {"t": left_part + dots, "run": run_part + dots, "both": left_part + run_part + dots}[self._mode]
+        # a saved image holds what the others redraw: the run ("t"'s) is stale when the run changed, the left panel
+        # ("run"'s) when t or the SDE did; "both"'s holds only what stays until the sampler changes
+        for stale in {"t": ("run",), "run": ("t",), "both": ("t", "run")}[self._mode]:
+            self._backgrounds.pop((id(fig), stale), None)
+        return self.render_over(fig, changing, still=self._mode)
