@@ -65,6 +65,19 @@ def test_marginal_score_per_sample_times(name):
     torch.testing.assert_close(mix.marginal_score(sde)(x, t), expected, rtol=1e-10, atol=1e-10)
 
 
+def test_marginal_score_asked_again_at_a_time_gives_that_times_score():
+    """The score keeps the last shared time's (m, sigma); asking for times in any order, again and alternately, each
+    answer is the closed form at its own time, and a bad time is refused even right after a good one."""
+    sde, mix = SDES["VP"], MIX.to(dtype=torch.float64)
+    score, x = mix.marginal_score(sde), 1.5 * mix.sample(30, generator=3)
+    for t in (0.3, 0.3, 0.7, 0.3, 0.7, 0.7, 1.0):
+        for time in (torch.full((1,), t, dtype=torch.float64).expand(len(x)), torch.tensor(t, dtype=torch.float64), t):
+            torch.testing.assert_close(score(x, time), mix.marginal(sde, t).score(x), rtol=1e-12, atol=1e-12)
+    for bad in (float("nan"), 1.5, -0.1):
+        with pytest.raises(ValueError, match="t must lie"):
+            score(x, torch.full((1,), bad, dtype=torch.float64).expand(len(x)))
+
+
 COMBOS = [
     (sde, predictor, corrector)
     for sde in SDES
