@@ -357,6 +357,12 @@ def _ancestral(sde, schedule, score, x, t, t_next, z):
     return mean + c * z, mean
 
 
+def _mean_norm(v: torch.Tensor) -> torch.Tensor:
+    """The batch mean of the per-sample norms, as a sum of squares: `norm(dim=1)` of a transposed score (the mixtures'
+    layout, `_separable_score`) costs a CPU seven times more (130 against 18 microseconds at 1000 x 2)."""
+    return v.reshape(len(v), -1).square().sum(1).sqrt_().mean()
+
+
 def _langevin_corrector(sde, schedule, score, x, t, t_prev, z, snr):
     """One Langevin step at time t with eps = 2 alpha (snr ||z|| / ||s||)^2 (Song et al. 2021, Alg. 5).
 
@@ -366,11 +372,10 @@ def _langevin_corrector(sde, schedule, score, x, t, t_prev, z, snr):
     """
     s = score(x, _time_batch(t, x))
     alpha = schedule.transition(t, t_prev)[0] ** 2
-    grad_norm = s.reshape(len(s), -1).norm(dim=1).mean()
-    noise_norm = z.reshape(len(z), -1).norm(dim=1).mean()
-    step = 2 * alpha * (snr * noise_norm / grad_norm.clamp_min(1e-12)) ** 2
-    mean = x + step * s
-    return mean + (2 * step).sqrt() * z, mean
+    grad_norm, noise_norm = _mean_norm(s), _mean_norm(z)
+    step = (noise_norm / grad_norm.clamp_min(1e-12)).square_().mul_(2 * alpha * snr**2)  # a 0-d tensor: no host sync
+    mean = torch.addcmul(x, step, s)
+    return torch.addcmul(mean, step.sqrt(), z, value=math.sqrt(2)), mean
 
 
 #: predictors and correctors of `pc_sample`, by name (None: skip that half)

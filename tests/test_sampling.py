@@ -342,3 +342,23 @@ def test_finiteness_is_checked_every_k_steps_and_names_the_step_range():
     calls["n"] = 0
     with pytest.raises(DivergenceError, match=rf"at one of steps 0-{CHECK_EVERY - 1}\b.*level 0"):
         sampling.annealed_langevin(lambda v, s: score_nan_from_step_3(v), x, [1.0, 0.5], 0.01, 2 * CHECK_EVERY)
+
+
+@pytest.mark.parametrize("shape", [(50, 2), (6, 1, 4, 4)])
+def test_langevin_corrector_step_is_song_et_al_algorithm_5(shape):
+    """x' = x + e s + sqrt(2 e) z with e = 2 alpha (snr |z| / |s|)^2, the norms batch means of per-sample norms, for a
+    mixture's score (laid out transposed) and for images."""
+    sde, D = VPSDE(), math.prod(shape[1:])
+    mix = ring_mixture(n_modes=3, radius=2.0, std=0.5) if D == 2 else GaussianMixture([0.5, 0.5], torch.randn(2, D), torch.ones(2))
+    g = torch.Generator().manual_seed(5)
+    x, z = torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+    score = mix.to(dtype=torch.float64).marginal_score(sde)
+    t, t_prev = 0.4, 0.45
+    schedule = sampling._Schedule(sde, [t_prev, t])
+    out, mean = sampling._langevin_corrector(sde, schedule, score, x, t, t_prev, z, 0.16)
+    s = score(x, torch.full((len(x),), t, dtype=torch.float64))
+    alpha = (sde.marginal_coeffs(t_prev)[0] / sde.marginal_coeffs(t)[0]).item() ** 2  # 1 - beta_i: t_prev > t
+    per_sample_norm = lambda v: torch.linalg.vector_norm(v.reshape(len(v), -1), dim=1).mean()  # noqa: E731
+    e = 2 * alpha * (0.16 * per_sample_norm(z) / per_sample_norm(s)) ** 2
+    torch.testing.assert_close(mean, x + e * s, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, x + e * s + (2 * e).sqrt() * z, rtol=1e-12, atol=1e-12)
