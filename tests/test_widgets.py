@@ -200,6 +200,20 @@ def test_sde_explorer_samplers_reach_the_mixture(sde_explorer):
         assert not sde_explorer.corrector.disabled
 
 
+def test_sde_explorer_compares_the_samplers_at_equal_cost(sde_explorer):
+    """The ODE's RK4 (four score evaluations a step) takes a quarter of the reverse SDE's steps; the corrector doubles
+    the SDE's evaluations (and its last, denoising step makes one more). The status line says the cost."""
+    sde_explorer.set_controls({sde_explorer.sde_name: "VP", sde_explorer.n_steps: 120, sde_explorer.corrector: False})
+    costs = {}
+    for sampler, corrector in [("reverse SDE", False), ("reverse SDE", True), ("probability-flow ODE", True)]:
+        sde_explorer.set_controls({sde_explorer.sampler: sampler, sde_explorer.corrector: corrector})
+        costs[sampler, corrector] = sde_explorer.data["nfe"]
+        assert f"{costs[sampler, corrector]} score evaluations" in sde_explorer.status.value
+    assert costs == {("reverse SDE", False): 121, ("reverse SDE", True): 241, ("probability-flow ODE", True): 120}
+    assert "30 RK4 steps" in sde_explorer.status.value
+    sde_explorer.set_controls({sde_explorer.sampler: "reverse SDE", sde_explorer.corrector: False})
+
+
 def test_score_error_map_is_the_error_and_marks_the_data():
     """viz.plot_score_error: the image is |s - reference| on the grid, and the density's contours are drawn."""
     mix = ring_mixture(3, radius=3.5, std=0.5)
@@ -220,7 +234,9 @@ def test_redraws_that_draw_only_what_changed_equal_a_full_render_pixel_for_pixel
     picture must be exactly the one a new explorer renders in full at the same settings, whatever came before."""
     explorer = SDEExplorer(n_particles=300)
     settings = ("sde_name", "time", "sampler", "corrector", "n_steps")
-    for name, value in [("time", 0.6), ("n_steps", 100), ("time", 0.2), ("corrector", True), ("sde_name", "VE"), ("n_steps", 60)]:
+    moves = [("time", 0.6), ("n_steps", 100), ("time", 0.2), ("corrector", True), ("sde_name", "VE"), ("n_steps", 60)]
+    moves += [("sampler", "probability-flow ODE"), ("time", 0.4), ("sampler", "reverse SDE"), ("n_steps", 80)]
+    for name, value in moves:
         getattr(explorer, name).value = value
         fresh = SDEExplorer(n_particles=300)
         fresh.set_controls({getattr(fresh, k): getattr(explorer, k).value for k in settings})
