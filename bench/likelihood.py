@@ -74,8 +74,13 @@ def divergence_costs(score, sde, x, repeats: int) -> None:
             y = x.detach().requires_grad_(True)
             return _hutchinson_divergence(field(y), y, basis[:1])
 
+    def field_only():  # no divergence: what every exact way adds D products through the same weights to
+        with torch.no_grad():
+            return field(x)
+
     ways = {"D backward passes (scorelab)": backward_passes, "one batched backward": batched_backward,
-            "forward mode, vmap(jvp)": forward_mode, "Hutchinson, one vjp": hutchinson}  # fmt: skip
+            "forward mode, vmap(jvp)": forward_mode, "Hutchinson, one vjp": hutchinson,
+            "the field alone, no divergence": field_only}  # fmt: skip
     reference = backward_passes()
     for name in list(ways)[1:3]:
         gap = (ways[name]() - reference).abs().max().item()
@@ -85,6 +90,10 @@ def divergence_costs(score, sde, x, repeats: int) -> None:
     for name, ts in times.items():
         per = [1e3 * v / 20 for v in ts]
         print(f"    {name:30s} {median_and_spread(per):>22s} ms   {base / statistics.median(ts):.2f}x")
+    # an exact divergence multiplies the field's Jacobian by D basis vectors: D more products through every weight
+    # matrix of the MLP, in either mode, so it costs at least (1 + D) evaluations of the field in arithmetic
+    floor = (1 + D) * statistics.median(times["the field alone, no divergence"])
+    print(f"    no exact way can beat scorelab's by more than {base / floor:.2f}x: each costs at least (1 + D) = {1 + D} fields")
 
 
 def main(argv=None) -> None:
