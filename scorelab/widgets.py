@@ -464,7 +464,7 @@ class SDEExplorer(Explorer):
         self.half_widths = {name: self._half_width(sde) for name, sde in self.sdes.items()}
         self._last_run = None  # (settings, (samples, paths, times)) of the last sampler run (`run`)
         self._drawn = None  # what the last `draw` drew: its run and view settings, dots, run artists, colour bar
-        self._mode = "all"  # what the last `draw` drew again: "t", "run", "both" or "all" (`render`)
+        self._mode = "all"  # what the last `draw` drew again: "t", "run", "sampler", "both" or "all" (`render`)
         self._tv = None  # TV of the last run's samples to p_0
         super().__init__([self.sde_name, self.time, self.n_steps, self.sampler, self.corrector])
         self.observe(self.sde_name, self.time, self.sampler, self.corrector, self.n_steps)
@@ -521,13 +521,16 @@ class SDEExplorer(Explorer):
         x, paths, times, nfe = self.run()
         run, view = self._last_run[0], (self.sde_name.value, self.time.value, self.sampler.value)
         # what to draw again: only t moved ("t": the left panel and the dots), only the run changed with the same
-        # SDE, t and sampler ("run": the paths, samples and dots), or the SDE or the sampler changed ("both": all of
-        # these and the right panel's title; the p_0 image and the right panel's frame stay); the first draw is "all"
+        # SDE, t and sampler ("run": the paths, samples and dots), the sampler changed ("sampler": those and the right
+        # panel's title), or the SDE changed ("both": all of these; the p_0 image and the right panel's frame stay);
+        # the first draw is "all"
         drawn = self._drawn
         if drawn is None:
             self._mode = "all"
+        elif drawn["run"] == run:
+            self._mode = "t"
         else:
-            self._mode = "t" if drawn["run"] == run else "run" if drawn["view"] == view else "both"
+            self._mode = "run" if drawn["view"] == view else "sampler" if drawn["view"][:2] == view[:2] else "both"
         right_title = f"{self.sampler.value} over p_0\n(paths from T; dots at t)"
         if self._mode == "all":
             fig, (left, right) = self.panels("marginal, sampler", (8.4, 4.2))
@@ -536,7 +539,7 @@ class SDEExplorer(Explorer):
             fig, (left, right) = self._figures["marginal, sampler"]
             right.title.set_text(right_title)
             drawn["dots"].remove()
-        if self._mode in ("run", "both"):
+        if self._mode in ("run", "sampler", "both"):
             for artist in drawn["run artists"]:
                 artist.remove()
         if self._mode != "t":
@@ -544,7 +547,7 @@ class SDEExplorer(Explorer):
             self._tv = tv_grid(x, self.mixture, bounds=(-6, 6), bins=20)
         else:
             run_artists = drawn["run artists"]
-        if self._mode != "run":
+        if self._mode not in ("run", "sampler"):
             if self._mode != "all":
                 empty_panel(left)
             title = f"{self.sde_name.value}: p_t at t = {t:.3g}\nmean scale m(t) = {mean_scale:.2f}, σ(t) = {std:.2f}"
@@ -568,8 +571,8 @@ class SDEExplorer(Explorer):
     def render(self, fig: Figure) -> bytes:
         """Only what a control changed is drawn again (`render_over`), over a saved image of the rest: moving t
         changes the left panel, its colour bar and the dots; a new run with the same SDE, t and sampler (steps, the
-        corrector) changes the paths, samples and dots; a new SDE or sampler changes both and the right panel's
-        title. Each saved image is made the first time it serves, and dropped when what it holds changes."""
+        corrector) changes the paths, samples and dots; a new sampler those and the right panel's title; a new SDE
+        all of these. Each saved image is made the first time it serves, and dropped when what it holds changes."""
         drawn, (left, right) = self._drawn, self._figures["marginal, sampler"][1]
         if self._mode == "all":
             self._backgrounds.clear()
@@ -579,9 +582,12 @@ class SDEExplorer(Explorer):
         left_part, dots = [left, drawn["colorbar"]], [drawn["dots"]]
         # the right panel's frame is drawn with the run: a full render draws it over the paths (zorder 2.5 against 2)
         run_part = [*drawn["run artists"], *right.spines.values()]
-        changing = {"t": left_part + dots, "run": run_part + dots, "both": left_part + run_part + dots + [right.title]}[self._mode]
-        # a saved image holds what the others redraw: the run and the right panel's title ("t"'s) are stale when the
-        # run changed, the left panel ("run"'s) when t or the SDE did; "both"'s holds only what never changes
-        for stale in {"t": ("run",), "run": ("t",), "both": ("t", "run")}[self._mode]:
+        titled_run = run_part + dots + [right.title]
+        changing = {"t": left_part + dots, "run": run_part + dots, "sampler": titled_run, "both": left_part + titled_run}[self._mode]
+        # a saved image holds what the others redraw: the run ("t"'s) is stale when the run changed, the left panel
+        # ("run"'s and "sampler"'s) when t or the SDE did, the right panel's title ("t"'s and "run"'s) when the sampler
+        # did; "both"'s holds only what never changes
+        stale_ones = {"t": ("run", "sampler"), "run": ("t",), "sampler": ("t", "run"), "both": ("t", "run", "sampler")}
+        for stale in stale_ones[self._mode]:
             self._backgrounds.pop((id(fig), stale), None)
         return self.render_over(fig, changing, still=self._mode)

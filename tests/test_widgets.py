@@ -235,7 +235,7 @@ def test_redraws_that_draw_only_what_changed_equal_a_full_render_pixel_for_pixel
     explorer = SDEExplorer(n_particles=300)
     settings = ("sde_name", "time", "sampler", "corrector", "n_steps")
     moves = [("time", 0.6), ("n_steps", 100), ("time", 0.2), ("corrector", True), ("sde_name", "VE"), ("n_steps", 60)]
-    moves += [("sampler", "probability-flow ODE"), ("time", 0.4), ("sampler", "reverse SDE"), ("n_steps", 80)]
+    moves += [("sampler", "probability-flow ODE"), ("time", 0.4), ("sampler", "reverse SDE"), ("n_steps", 80), ("sde_name", "OU")]
     for name, value in moves:
         getattr(explorer, name).value = value
         fresh = SDEExplorer(n_particles=300)
