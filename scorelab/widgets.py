@@ -543,7 +543,7 @@ class SDEExplorer(Explorer):
             for artist in drawn["run artists"]:
                 artist.remove()
         if self._mode != "t":
-            run_artists = [*viz.plot_paths(paths, ax=right), viz.plot_samples(x, ax=right, bounds=(-6, 6), s=3)]
+            run_artists = [viz.plot_paths(paths, ax=right), viz.plot_samples(x, ax=right, bounds=(-6, 6), s=3)]
             self._tv = tv_grid(x, self.mixture, bounds=(-6, 6), bins=20)
         else:
             run_artists = drawn["run artists"]
