@@ -3,8 +3,10 @@
 import base64
 import io
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 
 from scorelab import viz
 from scorelab.datasets import ring_mixture
@@ -221,6 +223,17 @@ def test_score_error_map_is_the_error_and_marks_the_data():
     image = viz.plot_score_error(shifted, mix.score, (-6, 6), 20, density=mix)
     np.testing.assert_allclose(image.get_array().data, np.sqrt(2), rtol=1e-5)
     assert len(image.axes.collections) > 0  # the contours of log p
+
+
+def test_paths_are_a_line_per_path_drawn_over_the_samples():
+    paths = torch.randn(30, 5, 2, generator=torch.Generator().manual_seed(0))
+    lines = viz.plot_paths(paths)
+    samples = viz.plot_samples(paths[-1], ax=lines.axes)
+    assert len(lines.get_segments()) == 5
+    for segment, path in zip(lines.get_segments(), paths.unbind(1)):
+        np.testing.assert_array_equal(segment, path.numpy())
+    assert lines.get_zorder() > samples.get_zorder()
+    plt.close(lines.axes.figure)
 
 
 def _pixels(png: bytes) -> np.ndarray:
