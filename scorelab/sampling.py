@@ -346,8 +346,8 @@ def _euler_maruyama(sde, schedule, score, x, t, t_next, z):
 def _reverse_diffusion(sde, schedule, score, x, t, t_next, z):
     """Reverse the exact forward step x_t = a x_next + b z: x <- x - (a - 1) x + b^2 s(x, t) + b z (Song et al. 2021, Eq. 46)."""
     a, b = schedule.transition(t_next, t)
-    mean = (2 - a) * x + b**2 * score(x, _time_batch(t, x))
-    return mean + b * z, mean
+    mean = torch.mul(x, 2 - a).add_(score(x, _time_batch(t, x)), alpha=b * b)
+    return torch.add(mean, z, alpha=b), mean
 
 
 def _ancestral(sde, schedule, score, x, t, t_next, z):
