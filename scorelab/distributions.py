@@ -197,9 +197,8 @@ class GaussianMixture:
         annealed Langevin) the work is two small matrix products and a softmax; `bench/sampling.py`
         measures it (lesson 04).
         """
-        shared = shared_value(sigma) if isinstance(sigma, torch.Tensor) and sigma.is_floating_point() else None
-        sigma = check_positive("sigma", sigma if shared is None else shared)  # a shared level is read once
-        return self._score_of_affine(x, 1.0, sigma)
+        # a level expanded to the batch (the samplers') is checked and read as one value, without a scan
+        return self._score_of_affine(x, 1.0, check_positive("sigma", sigma))
 
     def marginal(self, sde, t: float) -> GaussianMixture:
         """The exact law of x_t when x_0 ~ self and x follows the linear `sde`: a mixture (lesson 05)."""
@@ -214,22 +213,19 @@ class GaussianMixture:
         `t` is a float or a `(n,)` tensor of times in [0, T]. The ground truth for every SDE experiment (lesson 05).
         """
 
-        last = {}  # the last time shared by a whole batch, with its (m, sigma): samplers ask for a time again
+        last = [None, None]  # the last time shared by a whole batch, and its (m, sigma): samplers ask for it again
 
         def score(x: torch.Tensor, t) -> torch.Tensor:
             # marginal_coeffs checks t's range (SDE._time); a time expanded to the batch (the samplers') is worked
             # out once, and not again when the next call asks for the same time (a predictor-corrector step's
             # corrector and the next predictor, an RK4 step's two midpoints): a dozen operations fewer
             distinct = distinct_values(t) if isinstance(t, torch.Tensor) else t
-            if isinstance(distinct, torch.Tensor) and distinct.numel() == 1:
-                key = distinct.item()
-                coeffs = last.get(key)
-                if coeffs is None:  # NaN never equals a key: it is always checked, and refused
-                    coeffs = tuple(c.item() for c in sde.marginal_coeffs(distinct))
-                    last.clear()
-                    last[key] = coeffs
-                return self._score_of_affine(x, *coeffs)
-            return self._score_of_affine(x, *sde.marginal_coeffs(distinct))
+            if not isinstance(distinct, torch.Tensor) or distinct.numel() != 1:
+                return self._score_of_affine(x, *sde.marginal_coeffs(distinct))
+            time = distinct.item()
+            if time != last[0]:  # NaN equals nothing: it is always checked, and refused
+                last[:] = time, tuple(c.item() for c in sde.marginal_coeffs(distinct))
+            return self._score_of_affine(x, *last[1])
 
         return score
 
