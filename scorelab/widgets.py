@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import NamedTuple
 
 import ipywidgets as W
 import numpy as np
@@ -27,7 +28,7 @@ from . import losses, noise, sampling, viz
 from . import sde as sde_lib
 from ._checks import check_bounds, check_int
 from .datasets import far_apart_mixture, ring_mixture
-from .metrics import fisher_divergence, tv_grid
+from .metrics import TVEstimate, fisher_divergence, tv_grid
 from .nets import EMA, ScoreMLP
 from .train import TrainConfig, fit
 
@@ -431,6 +432,17 @@ class LangevinPlayground(Explorer):
         return fig
 
 
+class SamplerRun(NamedTuple):
+    """One run of `SDEExplorer`'s sampler: the final samples, `n_paths` paths `(saved states, n_paths, 2)` and their
+    times, the score evaluations it made, and the samples' TV distance to p_0."""
+
+    samples: torch.Tensor
+    paths: torch.Tensor
+    times: np.ndarray
+    nfe: int
+    tv: TVEstimate
+
+
 class SDEExplorer(Explorer):
     """The marginals of a forward SDE started at a ring mixture, and samplers that run it backwards.
 
@@ -462,10 +474,9 @@ class SDEExplorer(Explorer):
         self.n_steps = W.IntSlider(value=200, min=5, max=1000, step=5, description="steps", **slider)
         # half the side of the left panel per SDE, fixed over t so that VE's exploding variance shows
         self.half_widths = {name: self._half_width(sde) for name, sde in self.sdes.items()}
-        self._last_run = None  # (settings, (samples, paths, times)) of the last sampler run (`run`)
+        self._last_run = None  # (settings, SamplerRun) of the last sampler run (`run`)
         self._drawn = None  # what the last `draw` drew: its run and view settings, dots, run artists, colour bar
         self._mode = "all"  # what the last `draw` drew again: "t", "run", "sampler", "both" or "all" (`render`)
-        self._tv = None  # TV of the last run's samples to p_0
         super().__init__([self.sde_name, self.time, self.n_steps, self.sampler, self.corrector])
         self.observe(self.sde_name, self.time, self.sampler, self.corrector, self.n_steps)
         self.redraw()
@@ -475,9 +486,9 @@ class SDEExplorer(Explorer):
         means, stds = sde.marginal_coeffs(torch.linspace(0.0, sde.T, 101))
         return max(6.0, (4 * means + 3 * stds).max().item())
 
-    def run(self):
-        """(final samples, paths `(steps, n_paths, 2)`, the paths' times, score evaluations) for the current sampler,
-        seeded; the last run is kept, so moving t alone (which the sampler does not depend on) does not run it again."""
+    def run(self) -> SamplerRun:
+        """The current sampler's run, seeded; the last run is kept, so moving t alone (which the sampler does not
+        depend on) does not run it again."""
         key = (self.sde_name.value, self.sampler.value, self.corrector.value, self.n_steps.value)
         if self._last_run is None or self._last_run[0] != key:
             self._last_run = key, self._run()
@@ -498,27 +509,26 @@ class SDEExplorer(Explorer):
             # samples lie within 1e-2 of a 2000-step solution's (a quarter of a pixel here) and the paths within 4e-2
             rk4_steps = max(1, self.n_steps.value // 4)
             path = sampling.ode_sample(score, sde, x_T, method="rk4", n_steps=rk4_steps, n_saved=60, eps=self.EPS)
-            return path[-1], path[:, : self.n_paths], np.linspace(sde.T, self.EPS, len(path)), nfe[0]
-        path, times = [x_T[: self.n_paths]], [sde.T]
+            x, paths, times = path[-1], path[:, : self.n_paths], np.linspace(sde.T, self.EPS, len(path))
+        else:
+            kept, times = [x_T[: self.n_paths]], [sde.T]
 
-        def keep(state):
-            path.append(state["x"][: self.n_paths])
-            times.append(state["t"])
+            def keep(state):
+                kept.append(state["x"][: self.n_paths])
+                times.append(state["t"])
 
-        corrector = "langevin" if self.corrector.value else None
-        x = sampling.pc_sample(
-            score, sde, x_T, self.n_steps.value, corrector=corrector, eps=self.EPS, generator=self.seed + 1, callback=keep
-        )
-        return x, torch.stack(path), np.array(times), nfe[0]
+            corrector = "langevin" if self.corrector.value else None
+            x = sampling.pc_sample(
+                score, sde, x_T, self.n_steps.value, corrector=corrector, eps=self.EPS, generator=self.seed + 1, callback=keep
+            )
+            paths, times = torch.stack(kept), np.array(times)
+        return SamplerRun(x, paths, times, nfe[0], tv_grid(x, self.mixture, bounds=(-6, 6), bins=20))
 
     def draw(self) -> Figure:
         sde = self.sdes[self.sde_name.value]
         t = self.time.value * sde.T
-        marginal = self.mixture.marginal(sde, t)
-        mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
-        half = self.half_widths[self.sde_name.value]
         self.corrector.disabled = self.sampler.value != "reverse SDE"
-        x, paths, times, nfe = self.run()
+        x, paths, times, nfe, tv = self.run()
         run, view = self._last_run[0], (self.sde_name.value, self.time.value, self.sampler.value)
         # what to draw again: only t moved ("t": the left panel and the dots), only the run changed with the same
         # SDE, t and sampler ("run": the paths, samples and dots), the sampler changed ("sampler": those and the right
@@ -544,12 +554,13 @@ class SDEExplorer(Explorer):
                 artist.remove()
         if self._mode != "t":
             run_artists = [viz.plot_paths(paths, ax=right), viz.plot_samples(x, ax=right, bounds=(-6, 6), s=3)]
-            self._tv = tv_grid(x, self.mixture, bounds=(-6, 6), bins=20)
         else:
             run_artists = drawn["run artists"]
         if self._mode not in ("run", "sampler"):
             if self._mode != "all":
                 empty_panel(left)
+            marginal, half = self.mixture.marginal(sde, t), self.half_widths[self.sde_name.value]
+            mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
             title = f"{self.sde_name.value}: p_t at t = {t:.3g}\nmean scale m(t) = {mean_scale:.2f}, σ(t) = {std:.2f}"
             viz.plot_density(marginal, (-half, half), 80, ax=left, title=title, colorbar="density p_t")
             viz.plot_field(marginal.score, (-half, half), 17, ax=left)
@@ -557,8 +568,8 @@ class SDEExplorer(Explorer):
         now = int(np.abs(times - t).argmin())  # the saved state nearest to the slider's t
         dots = right.scatter(paths[now, :, 0], paths[now, :, 1], s=22, color="w", edgecolors="k", linewidths=0.8, zorder=3)
         self._drawn = {"run": run, "view": view, "dots": dots, "run artists": run_artists, "colorbar": density.colorbar.ax}
-        tv, ode = self._tv, self.sampler.value == "probability-flow ODE"
-        rk4 = f" ({nfe // 4} RK4 steps)" if ode else ""
+        rk4_steps = nfe // 4
+        rk4 = f" ({rk4_steps} RK4 step{'s' * (rk4_steps != 1)})" if self.sampler.value == "probability-flow ODE" else ""
         self.data = {
             "density": density.get_array().data.copy(), "samples": x.numpy(), "paths": paths.numpy(), "tv": tv, "now": now, "nfe": nfe
         }  # fmt: skip
