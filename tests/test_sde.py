@@ -262,9 +262,9 @@ def test_ode_path_output():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5])
-def test_a_time_expanded_to_the_batch_is_read_once_and_still_checked(bad):
-    """Samplers pass one time expanded to the batch (stride 0): its range check reads one value, not n, and still
-    refuses a bad one; the exact marginal score gives the same numbers as for a full batch of that time."""
+def test_a_time_expanded_to_the_batch_is_still_checked_and_scored_as_a_full_batch(bad):
+    """Samplers pass one time expanded to the batch (stride 0), which the range check reads as one value: a bad one
+    is still refused, and the exact marginal score gives the same numbers as for a full batch of that time."""
     sde = VPSDE()
     with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
         sde.check_time(torch.full((1,), bad).expand(7))
