@@ -214,6 +214,8 @@ def checked_score(score, name: str = "score"):
     def wrapped(x: torch.Tensor, *args) -> torch.Tensor:
         return check_output(name, score(x, *args), x.shape)
 
+    if hasattr(score, "precompute"):  # the samplers' hook (`GaussianMixture.marginal_score`) stays reachable
+        wrapped.precompute = score.precompute
     return wrapped
 
 

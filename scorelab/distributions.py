@@ -8,6 +8,7 @@ matching and the diffusion marginals testable. Introduced in lesson 01.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -32,6 +33,8 @@ from ._checks import (
 LOG_2PI = math.log(2 * math.pi)
 #: logits this far below a sample's largest are raised to it before exp (exp(-80) = 1.8e-35 is still a normal float32)
 _LOGIT_FLOOR = 80.0
+#: how many shared times a `marginal_score` keeps what depends on t alone for, before it starts again
+_KNOWN_TIMES = 4096
 
 
 def _as_float_tensor(name: str, value, dtype, device) -> torch.Tensor:
@@ -125,6 +128,7 @@ class GaussianMixture:
                 self._isotropic_variances[:, None] if isotropic else self._diagonal_variances,  # (K, r)
                 squares.sum(1, keepdim=True) if isotropic else squares,
                 torch.ones(1, K, dtype=self.dtype, device=device),
+                self.weights.log()[:, None],
             )
         # class membership (K, C), or None when every component is its own class (responsibilities are the answer)
         own = self.labels[:, None] == torch.arange(self.n_classes, device=device)
@@ -211,30 +215,51 @@ class GaussianMixture:
         r"""The exact score \nabla_x log p_t(x) of the marginals of `sde` started at this mixture, as `score(x, t)`.
 
         `t` is a float or a `(n,)` tensor of times in [0, T]. The ground truth for every SDE experiment (lesson 05).
-        """
 
-        last = [None, None]  # the last time shared by a whole batch, and its (m, sigma): samplers ask for it again
+        What depends on t alone (m(t), sigma(t) and, for diagonal or isotropic components, the coefficients of the
+        logits and the score) is kept for each time shared by a whole batch, so a time asked for again costs only
+        the work on x. `score.precompute(times)` works it out for many times in one vectorised call: the samplers
+        that know their time grid (`pc_sample`, `ode_sample` with a fixed-step method) call it once, and each step
+        then skips about twenty operations on tiny tensors (`bench/widgets.py` times the explorer that runs them).
+        """
+        known = {}  # a time shared by a batch (as that batch's float) -> (m, sigma, separable coefficients or None)
+
+        def precompute(times: torch.Tensor) -> None:
+            """Keep what depends on t alone for each of `times`, a 1-d tensor of the times (in the dtype) that the
+            calls will pass; checked to lie in [0, T] here, once."""
+            if not isinstance(times, torch.Tensor) or times.ndim != 1:
+                raise TypeError(f"times must be a 1-d tensor of times, got {type(times).__name__}")
+            scales, stds = sde.marginal_coeffs(times)
+            tables = None
+            if self._diagonal_variances is not None:
+                tables = self._separable_table(*(v.to(self.dtype)[:, None, None] for v in (scales, stds)))
+            if len(known) + len(times) > _KNOWN_TIMES:  # an adaptive solver's times are rarely asked for again
+                known.clear()
+            rows = zip(*(table.unbind(0) for table in tables)) if tables is not None else itertools.repeat(None)
+            for time, scale, std, row in zip(times.tolist(), scales.tolist(), stds.tolist(), rows):
+                known[time] = scale, std, row
 
         def score(x: torch.Tensor, t) -> torch.Tensor:
-            # marginal_coeffs checks t's range (SDE._time); a time expanded to the batch (the samplers') is worked
-            # out once, and not again when the next call asks for the same time (a predictor-corrector step's
-            # corrector and the next predictor, an RK4 step's two midpoints): a dozen operations fewer
+            # marginal_coeffs checks t's range (SDE._time); a time expanded to the batch (the samplers') is read as
+            # one value, and what depends on it alone is worked out once (`precompute`)
             distinct = distinct_values(t) if isinstance(t, torch.Tensor) else t
             if not isinstance(distinct, torch.Tensor) or distinct.numel() != 1:
                 return self._score_of_affine(x, *sde.marginal_coeffs(distinct))
             time = distinct.item()
-            if time != last[0]:  # NaN equals nothing: it is always checked, and refused
-                last[:] = time, tuple(c.item() for c in sde.marginal_coeffs(distinct))
-            return self._score_of_affine(x, *last[1])
+            if time not in known:  # NaN equals nothing, not even itself: it is always checked, and refused
+                precompute(distinct.reshape(1))
+            return self._score_of_affine(x, *known[time])
 
+        score.precompute = precompute
         return score
 
-    def _score_of_affine(self, x: torch.Tensor, scale, std) -> torch.Tensor:
-        """Score of scale * X + std * Z at x, for float or per-sample `(n,)` scale and std; shared values take the fast path."""
+    def _score_of_affine(self, x: torch.Tensor, scale, std, coefficients=None) -> torch.Tensor:
+        """Score of scale * X + std * Z at x, for float or per-sample `(n,)` scale and std; shared values take the fast
+        path, with `_separable_score`'s `coefficients` for them when the caller kept them (`marginal_score`)."""
         flat = self._flatten(x)
         scale_value, std_value = shared_value(scale), shared_value(std)
         if scale_value is not None and std_value is not None:
-            score = self._shared_affine_score(flat, scale_value, std_value)
+            score = self._shared_affine_score(flat, scale_value, std_value, coefficients)
         else:
             score = self._affine_score(flat, self._per_sample(scale, len(flat)), self._per_sample(std, len(flat)))
         if score.shape != x.shape:
@@ -260,7 +285,7 @@ class GaussianMixture:
         resp = _softmax_rows(log_comp)
         return -torch.einsum("kdj,nkj->nd", self._eigvecs, resp[..., None] * scaled)
 
-    def _shared_affine_score(self, x: torch.Tensor, scale: float, std: float) -> torch.Tensor:
+    def _shared_affine_score(self, x: torch.Tensor, scale: float, std: float, coefficients=None) -> torch.Tensor:
         """`_affine_score` for one (scale, std) shared by all samples, as matrix products on `(n, K*D)`.
 
         With R_k = U_k diag(lambda_k')^{-1/2} (lambda' = scale^2 lambda + std^2), R_k R_k^T is the
@@ -268,7 +293,8 @@ class GaussianMixture:
         side by side, so the sums over each block's D entries are products with a 0/1 selector.
         """
         if self._diagonal_variances is not None:  # isotropic ones too
-            return _separable_score(x, *self._separable_coefficients(scale, std), drop_squares=self._shared_covariance)
+            coefficients = coefficients or self._separable_coefficients(scale, std)
+            return _separable_score(x, *coefficients, drop_squares=self._shared_covariance)
         D, K = self.dim, self.n_components
         variances = scale**2 * self._eigvals + std**2  # (K, D)
         R = self._eigvecs * variances.rsqrt()[:, None, :]  # (K, D, D)
@@ -281,24 +307,30 @@ class GaussianMixture:
         return -(((resp @ select.T) * y) @ R_cat.T)
 
     def _separable_coefficients(self, scale: float, std: float):
+        """`_separable_table` for one (scale, std), kept for the last one asked for: annealed Langevin asks for the
+        same noise level for many steps in a row."""
+        key = (float(scale), float(std))
+        if self._separable_cache is None or self._separable_cache[0] != key:
+            self._separable_cache = key, self._separable_table(*key)
+        return self._separable_cache[1]
+
+    def _separable_table(self, scale, std):
         """The coefficients `_separable_score` takes for the law of scale * X + std * Z when every component has a
         diagonal covariance, or an isotropic one (then one variance per component, r = 1, instead of r = D):
         1/v `(K, r)`, m / v `(K, D)` (m = scale mu), [m / v; 1 / v; 1]^T `(D + r + 1, K)` and the logits' constant
-        log w_k - 1/2 log det(diag v_k) - 1/2 m_k^T diag(v_k)^-1 m_k `(K, 1)`. Kept for the last (scale, std)
-        asked for: a sampler asks for the same one for many steps in a row."""
-        key = (float(scale), float(std))
-        if self._separable_cache is None or self._separable_cache[0] != key:
-            # a sampler with a new time per step asks anew at every step: a dozen operations on (K, D) tensors,
-            # from parts kept since construction (the variances, the squared means, a row of ones)
-            (a, b), (own, mean_squares, ones) = key, self._separable_parts
-            inv_v = own.mul(a * a).add_(b * b).reciprocal_()  # (K, r)
-            weighted = torch.mul(self.means, inv_v).mul_(a)  # m / v with m = a mu
-            sums = torch.cat([weighted.T, inv_v.T, ones])
-            # log w - 1/2 log det diag(v) - 1/2 m^T diag(v)^-1 m, with log det diag(v) = (D / r) sum_r log v
-            bias = torch.add(self.weights.log(), inv_v.log().sum(1), alpha=0.5 * self.dim / own.shape[1])
-            bias.sub_((mean_squares * inv_v).sum(1), alpha=0.5 * a * a)
-            self._separable_cache = key, (inv_v, weighted, sums, bias[:, None])
-        return self._separable_cache[1]
+        log w_k - 1/2 log det(diag v_k) - 1/2 m_k^T diag(v_k)^-1 m_k `(K, 1)`. With Python floats `scale`, `std`
+        that is one law's; with `(T, 1, 1)` tensors, T laws', each coefficient with a leading dim T, in the same dozen
+        operations (`marginal_score` works out a sampler's whole time grid at once). Built from parts kept since
+        construction: the variances, the squared means, a row of ones, the log-weights."""
+        own, mean_squares, ones, log_weights = self._separable_parts
+        a2 = scale * scale
+        inv_v = (own * a2).add_(std * std).reciprocal_()  # (..., K, r)
+        weighted = torch.mul(self.means, inv_v).mul_(scale)  # m / v with m = scale mu
+        sums = torch.cat([weighted.mT, inv_v.mT, ones.expand(*inv_v.shape[:-2], 1, -1)], dim=-2)
+        # log w - 1/2 log det diag(v) - 1/2 m^T diag(v)^-1 m, with log det diag(v) = (D / r) sum_r log v
+        bias = torch.add(log_weights, inv_v.log().sum(-1, keepdim=True), alpha=0.5 * self.dim / own.shape[1])
+        bias.sub_((mean_squares * inv_v).sum(-1, keepdim=True).mul_(a2), alpha=0.5)
+        return inv_v, weighted, sums, bias
 
     def condition(self, mask, values) -> GaussianMixture:
         r"""The exact conditional law of the unknown coordinates given x[mask] = values: a mixture again.

@@ -331,6 +331,14 @@ class _Schedule:
         return transition_from_marginals(*self.marginal(s), *self.marginal(t))
 
 
+def _precompute(score, times: list[float], x: torch.Tensor) -> None:
+    """Tell a score with a `precompute(times)` method (`GaussianMixture.marginal_score`'s) every time a sampler will
+    ask for, as `_time_batch` will pass them: it then works out what depends on t alone in one vectorised call."""
+    precompute = getattr(score, "precompute", None)
+    if precompute is not None:
+        precompute(torch.tensor(times, dtype=x.dtype, device=x.device))
+
+
 def _time_batch(t: float, x: torch.Tensor) -> torch.Tensor:
     """One time for the whole batch, expanded (stride 0) so that a score can see it is shared without a scan."""
     return torch.full((1,), t, dtype=x.dtype, device=x.device).expand(len(x))
@@ -415,6 +423,9 @@ def pc_sample(
     prior sample, and never at eps. Correcting after predicting spends every correction on the
     distribution the predictor has just produced, ending with one at t = eps.)
 
+    A score with a `precompute(times)` method (`GaussianMixture.marginal_score`) is told every time of the grid
+    before the first step, so it works out what depends on t alone in one vectorised call.
+
     Predictors: "euler_maruyama", "reverse_diffusion", "ancestral" (VE and VP only), or None.
     Correctors: "langevin" (step from the signal-to-noise ratio `snr`), or None.
     With `denoise`, a final Tweedie step returns E[x_0 | x_eps] instead of x_eps.
@@ -447,6 +458,7 @@ def pc_sample(
     generator = as_generator(generator, x.device)
     times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
     schedule = _Schedule(sde, times)
+    _precompute(score, times, x)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
     mask, known = _inpainting(mask, known, x)
     x = x.detach().clone()

@@ -502,6 +502,8 @@ class SDEExplorer(Explorer):
             nfe[0] += 1
             return exact(x, t)
 
+        score.precompute = exact.precompute  # the samplers tell it their time grid (`marginal_score`)
+
         x_T = sde.prior_sample((self.n_particles, 2), generator=self.seed)
         if self.sampler.value == "probability-flow ODE":
             # compared at equal cost: as many score evaluations as the reverse SDE's `steps` predictor steps, so RK4

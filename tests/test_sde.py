@@ -66,8 +66,8 @@ def test_marginal_score_per_sample_times(name):
 
 
 def test_marginal_score_asked_again_at_a_time_gives_that_times_score():
-    """The score keeps the last shared time's (m, sigma); asking for times in any order, again and alternately, each
-    answer is the closed form at its own time, and a bad time is refused even right after a good one."""
+    """The score keeps what depends on each shared time alone; asking for times in any order, again and alternately,
+    each answer is the closed form at its own time, and a bad time is refused even right after a good one."""
     sde, mix = SDES["VP"], MIX.to(dtype=torch.float64)
     score, x = mix.marginal_score(sde), 1.5 * mix.sample(30, generator=3)
     for t in (0.3, 0.3, 0.7, 0.3, 0.7, 0.7, 1.0):
@@ -76,6 +76,55 @@ def test_marginal_score_asked_again_at_a_time_gives_that_times_score():
     for bad in (float("nan"), 1.5, -0.1):
         with pytest.raises(ValueError, match="t must lie"):
             score(x, torch.full((1,), bad, dtype=torch.float64).expand(len(x)))
+
+
+@pytest.mark.parametrize("name", ["VP", "VE"])
+def test_marginal_score_precomputed_times_give_each_times_closed_form(name):
+    """`precompute` works out a grid's times in one call: the score at each of them, and at a time off the grid, is
+    the closed form; a time out of [0, T] or a grid that is not a 1-d tensor is refused."""
+    sde, mix = SDES[name], GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [2.0, -1.0]], [[0.5, 1.2], [0.9, 0.2]], dtype=torch.float64)
+    score, x = mix.marginal_score(sde), 1.5 * mix.sample(20, generator=4)
+    grid = torch.linspace(sde.T, 0.01, 9, dtype=torch.float64)
+    score.precompute(grid)
+    for t in [*grid.tolist(), 0.333]:
+        time = torch.full((1,), t, dtype=torch.float64).expand(len(x))
+        torch.testing.assert_close(score(x, time), mix.marginal(sde, t).score(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="t must lie"):
+        score.precompute(torch.tensor([0.5, 1.5], dtype=torch.float64))
+    with pytest.raises(TypeError, match="times"):
+        score.precompute([0.5])
+
+
+@pytest.mark.parametrize("run", ["pc_sample"])
+def test_samplers_work_out_the_scores_times_once_and_sample_as_without(run):
+    """pc_sample tells the mixture score its whole time grid (`precompute`) in the dtype it passes it, so m(t),
+    sigma(t) are worked out in one call and never again; the samples are the same as with a score that cannot be
+    told (to float32 round-off: the grid's coefficients come from one vectorised call)."""
+    sde, calls = SDES["VP"], []
+    marginal_coeffs = sde.marginal_coeffs
+
+    def counted(t):
+        calls.append(t.numel())
+        return marginal_coeffs(t)
+
+    x_T = sde.prior_sample((300, 2), generator=0)
+    method = run.split()[-1]
+    sample = {
+        "pc_sample": lambda s: sampling.pc_sample(s, sde, x_T, 40, generator=1),
+        "ode_sample rk4": lambda s: sampling.ode_sample(s, sde, x_T, method=method, n_steps=10),
+        "ode_sample midpoint": lambda s: sampling.ode_sample(s, sde, x_T, method=method, n_steps=10),
+    }[run]
+    score = MIX.marginal_score(sde)
+    sde.marginal_coeffs = counted
+    try:
+        told = sample(score)
+    finally:
+        del sde.marginal_coeffs
+    # each call's number of times: pc_sample's own schedule and the score each work out the 41 grid times once; the
+    # ODE's score works out its 10 steps' stage times (rk4's last stage is the next step's first; midpoint never asks at eps)
+    assert calls == {"pc_sample": [41, 41], "ode_sample rk4": [31], "ode_sample midpoint": [20]}[run]
+    untold = sample(lambda x, t: MIX.marginal_score(sde)(x, t))
+    torch.testing.assert_close(told, untold, rtol=1e-5, atol=1e-5)
 
 
 COMBOS = [
