@@ -18,7 +18,7 @@ import torch
 from ._checks import as_generator, check_bounds, check_callable, check_choice, check_int, check_output, check_tensor, checked_score
 from .datasets import to_model_range
 from .losses import PROJECTIONS
-from .sampling import DivergenceError, integrate_ode
+from .sampling import DivergenceError, _batch_time, integrate_ode
 from .sde import probability_flow_drift
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -92,7 +92,7 @@ def log_prob(
         y, _ = state
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            field = probability_flow_drift(sde, score, y, t.to(y.dtype).expand(len(y)))
+            field = probability_flow_drift(sde, score, y, _batch_time(t, y))
             div = _exact_divergence(field, y) if probes is None else _hutchinson_divergence(field, y, probes)
         return field.detach(), div.detach()
 

@@ -564,7 +564,8 @@ def exponential_integrator(
 
 # --- probability-flow ODE -----------------------------------------------------------------------------------
 
-#: torchdiffeq methods accepted by `ode_sample` and `likelihood.log_prob`: adaptive ones, and fixed-step ones (need n_steps)
+#: methods accepted by `ode_sample` and `likelihood.log_prob`: torchdiffeq's adaptive ones, and fixed-step ones (need
+#: n_steps), which scorelab steps itself (`fixed_step_times`)
 ODE_METHODS = {
     "dopri5": "adaptive",
     "bosh3": "adaptive",
@@ -574,31 +575,93 @@ ODE_METHODS = {
     "rk4": "fixed",
 }
 
+#: the fixed-step methods as Butcher tableaus: each stage's offset c within the step, its weights a of the earlier
+#: stages' slopes, and the step's weights b. "rk4" is Kutta's 3/8 rule, the fourth-order method torchdiffeq's "rk4" is
+_TABLEAUS = {
+    "euler": ((0.0,), ((),), (1.0,)),
+    "midpoint": ((0.0, 0.5), ((), (0.5,)), (0.0, 1.0)),
+    "rk4": ((0.0, 1 / 3, 2 / 3, 1.0), ((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)), (1 / 8, 3 / 8, 3 / 8, 1 / 8)),
+}
+
+
+def fixed_step_times(t_start: float, t_end: float, method: str, n_steps: int) -> list[list[float]]:
+    """The times at which a fixed-step `method` evaluates the field over `n_steps` equal steps from t_start to
+    t_end: one list of its stage times per step, known before the first step (so a field can work out what depends
+    on t alone for all of them at once: `ode_sample`). Stage times stay within [t_start, t_end]."""
+    lo, hi = min(t_start, t_end), max(t_start, t_end)
+    grid = [t_start + i * (t_end - t_start) / n_steps for i in range(n_steps)] + [t_end]
+    # between a step's ends: a last stage at its end (rk4's) is exactly the next step's first time
+    return [[min(max((1 - c) * s + c * t, lo), hi) for c in _TABLEAUS[method][0]] for s, t in zip(grid, grid[1:])]
+
+
+def _fixed_step_solve(func, y0: tuple, t_start: float, t_end: float, method: str, n_steps: int, n_saved: int) -> list[tuple]:
+    """`n_steps` steps of `method` (`_TABLEAUS`) for the tuple state y0, calling func(t, y) with t a Python float (a
+    time known in advance, `fixed_step_times`). Returns the states at `n_saved` equally spaced times from t_start to
+    t_end, linear between steps (as torchdiffeq's fixed-grid solvers), keeping only what it returns."""
+    _, a, b = _TABLEAUS[method]
+    h = (t_end - t_start) / n_steps
+    saved_at = [(t - t_start) / h for t in torch.linspace(t_start, t_end, n_saved, dtype=torch.float64).tolist()]
+    y, saved = y0, [y0]
+    for i, times in enumerate(fixed_step_times(t_start, t_end, method, n_steps)):
+        slopes = []
+        for t, weights in zip(times, a):
+            stage = y
+            for weight, slope in zip(weights, slopes):
+                stage = tuple(torch.add(u, k, alpha=weight * h) for u, k in zip(stage, slope))
+            slope = func(t, stage)
+            slopes.append(slope if isinstance(slope, tuple) else (slope,))
+        y_next = y
+        for weight, slope in zip(b, slopes):
+            if weight:
+                y_next = tuple(torch.add(u, k, alpha=weight * h) for u, k in zip(y_next, slope))
+        while len(saved) < n_saved - 1 and saved_at[len(saved)] <= i + 1:  # an output time within this step
+            fraction = saved_at[len(saved)] - i
+            saved.append(tuple(torch.lerp(u, v, fraction) for u, v in zip(y, y_next)))
+        y = y_next
+    return saved + [y]
+
 
 def integrate_ode(
     func, y0, t_start: float, t_end: float, *, method: str, rtol: float, atol: float, n_steps: int | None, interval, n_saved: int = 2
 ):
-    """Integrate dy/dt = func(t, y) from t_start to t_end with torchdiffeq, never evaluating func outside `interval`.
+    """Integrate dy/dt = func(t, y) from t_start to t_end, never evaluating func outside `interval`.
 
+    Adaptive methods run through torchdiffeq and pass t as a 0-d tensor; fixed-step ones are stepped here and pass
+    t as a Python float, one of `fixed_step_times` (a field turns it into a batch of times without a host sync).
     Returns the state at t_end, or with `n_saved > 2` the states at `n_saved` equally spaced times
     (first dim). Adaptive solvers may step past the end point and evaluate the field there; stepping to
     the end point exactly (`step_t`) prevents it, and clamping t into `interval` absorbs the last ulp.
     """
-    from torchdiffeq import odeint  # imported here: only the ODE paths need it
-
     check_choice("method", method, ODE_METHODS)
     check_positive("rtol", rtol, allow_tensor=False)
     check_positive("atol", atol, allow_tensor=False)
     check_int("n_saved", n_saved, minimum=2)
     lo, hi = interval
-    if ODE_METHODS[method] == "fixed":
-        if n_steps is None:
-            raise ValueError(f"method={method!r} is fixed-step: give n_steps")
-        options = {"step_size": abs(t_end - t_start) / check_int("n_steps", n_steps, minimum=1)}
-    else:
-        options = {"step_t": torch.tensor([t_end], dtype=torch.float64)}
-
+    fixed = ODE_METHODS[method] == "fixed"
+    if fixed and n_steps is None:
+        raise ValueError(f"method={method!r} is fixed-step: give n_steps")
     hint = f"tighten rtol/atol (now {rtol:g}/{atol:g})" if n_steps is None else f"take more steps (n_steps={n_steps})"
+    is_tuple = isinstance(y0, tuple)
+    if fixed:
+        field = func if is_tuple else lambda t, y: func(t, y[0])  # stepped as a tuple of one tensor
+        n_steps = check_int("n_steps", n_steps, minimum=1)
+        states = _fixed_step_solve(field, y0 if is_tuple else (y0,), t_start, t_end, method, n_steps, n_saved)
+        solution = tuple(torch.stack(parts) for parts in zip(*states))
+    else:
+        solution = _adaptive_solve(func, y0, t_start, t_end, method, rtol, atol, n_saved, (lo, hi), hint)
+        solution = solution if is_tuple else (solution,)
+    if not all(torch.isfinite(s).all() for s in solution):
+        raise DivergenceError(f"the ODE solution ({method}) became non-finite: {hint}, raise eps, or check the score")
+    if n_saved == 2:
+        solution = tuple(s[-1] for s in solution)
+    return solution if is_tuple else solution[0]
+
+
+def _adaptive_solve(func, y0, t_start: float, t_end: float, method: str, rtol: float, atol: float, n_saved: int, interval, hint: str):
+    """torchdiffeq's adaptive `method`, stepping to t_end exactly; the states at `n_saved` equally spaced times."""
+    from torchdiffeq import odeint  # imported here: only the adaptive paths need it
+
+    lo, hi = interval
 
     def guarded(t, y):
         if not torch.isfinite(t):  # an adaptive solver whose error estimate went NaN proposes a NaN time
@@ -607,18 +670,20 @@ def integrate_ode(
 
     ref = y0[0] if isinstance(y0, tuple) else y0
     times = torch.linspace(t_start, t_end, n_saved, dtype=ref.dtype, device=ref.device)
+    options = {"step_t": torch.tensor([t_end], dtype=torch.float64)}
     try:
-        solution = odeint(guarded, y0, times, method=method, rtol=rtol, atol=atol, options=options)
+        return odeint(guarded, y0, times, method=method, rtol=rtol, atol=atol, options=options)
     except AssertionError as err:  # torchdiffeq's "underflow in dt": the adaptive step shrank to nothing
         raise DivergenceError(
             f"the ODE solver ({method}) gave up: {err}. The field is not finite or too stiff near t = {lo:.3g}; "
             "raise eps, or use a fixed-step method with n_steps"
         ) from None
-    if not all(torch.isfinite(s).all() for s in (solution if isinstance(solution, tuple) else (solution,))):
-        raise DivergenceError(f"the ODE solution ({method}) became non-finite: {hint}, raise eps, or check the score")
-    if n_saved > 2:
-        return solution
-    return tuple(s[-1] for s in solution) if isinstance(y0, tuple) else solution[-1]
+
+
+def _batch_time(t, x: torch.Tensor) -> torch.Tensor:
+    """The time `integrate_ode` passes a field (a float from a fixed-step method, a 0-d tensor from an adaptive
+    one) as a `(batch,)` tensor of x's dtype, expanded from one value."""
+    return _time_batch(t, x) if isinstance(t, float) else t.to(x.dtype).expand(len(x))
 
 
 def ode_sample(
@@ -637,11 +702,14 @@ def ode_sample(
     r"""Sample by integrating the probability-flow ODE dx/dt = f(t) x - g(t)^2 s(x, t) / 2 from T down to eps.
 
     Deterministic given x_T, with the same marginals p_t as the SDE (Song et al. 2021, Sec. 4.3). Runs on
-    x's device through torchdiffeq, no numpy round trips. The score is never called outside [eps, T].
+    x's device, no numpy round trips. The score is never called outside [eps, T].
 
     Args:
         method: an adaptive torchdiffeq solver ("dopri5", "bosh3", "adaptive_heun") with `rtol`, `atol`,
-            or a fixed-step one ("euler", "midpoint", "rk4") with `n_steps`.
+            or a fixed-step one ("euler", "midpoint", "rk4": torchdiffeq's methods, stepped by scorelab, which
+            knows their times in advance) with `n_steps`. Fixed steps work out f(t), g(t)^2 for all their times
+            at once, and tell a score with a `precompute(times)` method (`GaussianMixture.marginal_score`) all of
+            them, as `pc_sample` does.
         n_saved: with n_saved > 2, return the whole path: `n_saved` states at equally spaced times from T
             to eps, shape `(n_saved, *x.shape)` (trajectory plots).
     Returns:
@@ -652,12 +720,17 @@ def ode_sample(
     check_tensor("x", x, min_dim=2)
     score = checked_score(score)
     eps = sde.check_eps(eps)
-    nfe = 0
+    nfe, known = 0, {}  # known: a fixed-step method's time -> (f(t), g(t)^2), worked out for all of them at once
+    if ODE_METHODS.get(method) == "fixed" and isinstance(n_steps, int) and n_steps >= 1:
+        times = sorted({t for step in fixed_step_times(sde.T, eps, method, n_steps) for t in step}, reverse=True)
+        grid = torch.tensor(times, dtype=torch.float64)
+        known = dict(zip(times, zip(sde.drift_coeff(grid).tolist(), sde.diffusion(grid).square().tolist())))
+        _precompute(score, times, x)
 
     def flow(t, y):
         nonlocal nfe
         nfe += 1
-        return probability_flow_drift(sde, score, y, t.to(y.dtype).expand(len(y)))
+        return probability_flow_drift(sde, score, y, _batch_time(t, y), coefficients=known.get(t))
 
     with torch.no_grad():
         out = integrate_ode(

@@ -232,8 +232,14 @@ def reverse_drift(sde: SDE, score, x: torch.Tensor, t: torch.Tensor) -> torch.Te
     return sde.drift(x, t) - g2 * score(x, t)
 
 
-def probability_flow_drift(sde: SDE, score, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    r"""Drift of the probability-flow ODE, f(t) x - g(t)^2 s(x, t) / 2: same marginals, no noise (Song et al. 2021, Eq. 13)."""
+def probability_flow_drift(sde: SDE, score, x: torch.Tensor, t: torch.Tensor, coefficients=None) -> torch.Tensor:
+    r"""Drift of the probability-flow ODE, f(t) x - g(t)^2 s(x, t) / 2: same marginals, no noise (Song et al. 2021, Eq. 13).
+
+    `coefficients`: (f(t), g(t)^2) as floats, from a caller that worked them out for a time the batch shares (the
+    fixed-step ODE samplers do, for their whole grid at once); else they are worked out from `t`."""
+    if coefficients is not None:
+        f, g2 = coefficients
+        return torch.add(x * f, score(x, t), alpha=-0.5 * g2)
     g2 = append_dims(sde.diffusion(t).to(x.dtype) ** 2, x.ndim)
     return sde.drift(x, t) - 0.5 * g2 * score(x, t)
 

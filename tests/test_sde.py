@@ -95,11 +95,11 @@ def test_marginal_score_precomputed_times_give_each_times_closed_form(name):
         score.precompute([0.5])
 
 
-@pytest.mark.parametrize("run", ["pc_sample"])
+@pytest.mark.parametrize("run", ["pc_sample", "ode_sample rk4", "ode_sample midpoint"])
 def test_samplers_work_out_the_scores_times_once_and_sample_as_without(run):
-    """pc_sample tells the mixture score its whole time grid (`precompute`) in the dtype it passes it, so m(t),
-    sigma(t) are worked out in one call and never again; the samples are the same as with a score that cannot be
-    told (to float32 round-off: the grid's coefficients come from one vectorised call)."""
+    """pc_sample and the fixed-step ODE sampler tell the mixture score their whole time grid (`precompute`) in the
+    dtype they pass it, so m(t), sigma(t) are worked out in one call and never again; the samples are the same as
+    with a score that cannot be told (to float32 round-off: the grid's coefficients come from one vectorised call)."""
     sde, calls = SDES["VP"], []
     marginal_coeffs = sde.marginal_coeffs
 
@@ -125,6 +125,21 @@ def test_samplers_work_out_the_scores_times_once_and_sample_as_without(run):
     assert calls == {"pc_sample": [41, 41], "ode_sample rk4": [31], "ode_sample midpoint": [20]}[run]
     untold = sample(lambda x, t: MIX.marginal_score(sde)(x, t))
     torch.testing.assert_close(told, untold, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_probability_flow_drift_from_known_coefficients_is_the_same_drift(name):
+    """The fixed-step ODE sampler passes f(t), g(t)^2 as floats worked out for its whole grid: the drift is then
+    f x - g^2 s / 2 exactly as from the time itself."""
+    from scorelab.sde import probability_flow_drift
+
+    sde, mix = SDES[name], MIX.to(dtype=torch.float64)
+    x, t = mix.sample(25, generator=5), 0.4 * sde.T
+    batch = torch.full((25,), t, dtype=torch.float64)
+    known = (sde.drift_coeff(batch)[0].item(), sde.diffusion(batch)[0].item() ** 2)
+    score = mix.marginal_score(sde)
+    expected = probability_flow_drift(sde, score, x, batch)
+    torch.testing.assert_close(probability_flow_drift(sde, score, x, batch, coefficients=known), expected, rtol=1e-12, atol=1e-12)
 
 
 COMBOS = [
