@@ -33,8 +33,10 @@ from ._checks import (
 LOG_2PI = math.log(2 * math.pi)
 #: logits this far below a sample's largest are raised to it before exp (exp(-80) = 1.8e-35 is still a normal float32)
 _LOGIT_FLOOR = 80.0
-#: how many shared times a `marginal_score` keeps what depends on t alone for, before it starts again
+#: how many shared times a `marginal_score` keeps what depends on t alone for, before it starts again, and how many
+#: numbers their coefficients may hold (32 MB in float64: an image-sized mixture keeps tens of times, not thousands)
 _KNOWN_TIMES = 4096
+_KNOWN_NUMBERS = 2**22
 
 
 def _as_float_tensor(name: str, value, dtype, device) -> torch.Tensor:
@@ -223,6 +225,7 @@ class GaussianMixture:
         then skips about twenty operations on tiny tensors (`bench/widgets.py` times the explorer that runs them).
         """
         known = {}  # a time shared by a batch (as that batch's float) -> (m, sigma, separable coefficients or None)
+        numbers = [0]  # how many numbers the coefficients in `known` hold
 
         def precompute(times: torch.Tensor) -> None:
             """Keep what depends on t alone for each of `times`, a 1-d tensor of the times (in the dtype) that the
@@ -230,11 +233,16 @@ class GaussianMixture:
             if not isinstance(times, torch.Tensor) or times.ndim != 1:
                 raise TypeError(f"times must be a 1-d tensor of times, got {type(times).__name__}")
             scales, stds = sde.marginal_coeffs(times)
-            tables = None
+            tables, each = None, 0  # each: the numbers one time's coefficients hold
             if self._diagonal_variances is not None:
-                tables = self._separable_table(*(v.to(self.dtype)[:, None, None] for v in (scales, stds)))
-            if len(known) + len(times) > _KNOWN_TIMES:  # an adaptive solver's times are rarely asked for again
-                known.clear()
+                each = self.n_components * 2 * (self.dim + self._separable_parts[0].shape[1] + 1)
+                if len(times) * each <= _KNOWN_NUMBERS:  # else each call works them out (`_separable_coefficients`)
+                    tables = self._separable_table(*(v.to(self.dtype)[:, None, None] for v in (scales, stds)))
+            more = len(times) * each if tables is not None else 0
+            if len(known) + len(times) > _KNOWN_TIMES or numbers[0] + more > _KNOWN_NUMBERS:  # start again: an
+                known.clear()  # adaptive solver's times rarely come again
+                numbers[0] = 0
+            numbers[0] += more
             rows = zip(*(table.unbind(0) for table in tables)) if tables is not None else itertools.repeat(None)
             for time, scale, std, row in zip(times.tolist(), scales.tolist(), stds.tolist(), rows):
                 known[time] = scale, std, row

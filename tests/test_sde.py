@@ -95,6 +95,30 @@ def test_marginal_score_precomputed_times_give_each_times_closed_form(name):
         score.precompute([0.5])
 
 
+def test_marginal_score_keeps_no_more_coefficients_than_its_budget(monkeypatch):
+    """An image-sized mixture's coefficients take ~1 MB a time: past the budget of numbers, a grid keeps only m and
+    sigma and each call works its coefficients out, and times asked for one by one are kept until the budget is full,
+    then dropped (checked with a budget of 3 times' coefficients); every answer is still the closed form."""
+    from scorelab import distributions
+
+    sde, mix = SDES["VP"], GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [2.0, -1.0]], [[0.5, 1.2], [0.9, 0.2]], dtype=torch.float64)
+    monkeypatch.setattr(distributions, "_KNOWN_NUMBERS", 3 * 2 * 2 * (2 + 2 + 1))  # K * 2 (D + r + 1) numbers a time
+    score, x = mix.marginal_score(sde), mix.sample(10, generator=6)
+
+    def check(t):
+        time = torch.full((1,), t, dtype=torch.float64).expand(len(x))
+        torch.testing.assert_close(score(x, time), mix.marginal(sde, t).score(x), rtol=1e-12, atol=1e-12)
+
+    score.precompute(torch.tensor([0.8, 0.6, 0.4], dtype=torch.float64))  # within the budget: kept
+    check(0.6)
+    assert mix._separable_cache is None  # the mixture's own one-law cache was not needed
+    score.precompute(torch.linspace(0.9, 0.1, 5, dtype=torch.float64))  # too many to keep their coefficients
+    check(0.5)
+    assert mix._separable_cache[0] == tuple(c.item() for c in sde.marginal_coeffs(torch.tensor([0.5], dtype=torch.float64)))
+    for t in [0.9, 0.3, 0.31, 0.32, 0.33, 0.9, 0.31]:  # times off the grid fill the budget, and start it again
+        check(t)
+
+
 @pytest.mark.parametrize("run", ["pc_sample", "ode_sample rk4", "ode_sample midpoint"])
 def test_samplers_work_out_the_scores_times_once_and_sample_as_without(run):
     """pc_sample and the fixed-step ODE sampler tell the mixture score their whole time grid (`precompute`) in the
