@@ -301,7 +301,8 @@ class GaussianMixture:
         side by side, so the sums over each block's D entries are products with a 0/1 selector.
         """
         if self._diagonal_variances is not None:  # isotropic ones too
-            coefficients = coefficients or self._separable_coefficients(scale, std)
+            if coefficients is None:
+                coefficients = self._separable_coefficients(scale, std)
             return _separable_score(x, *coefficients, drop_squares=self._shared_covariance)
         D, K = self.dim, self.n_components
         variances = scale**2 * self._eigvals + std**2  # (K, D)
