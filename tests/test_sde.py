@@ -124,12 +124,16 @@ def test_samplers_work_out_the_scores_times_once_and_sample_as_without(run):
     """pc_sample and the fixed-step ODE sampler tell the mixture score their whole time grid (`precompute`) in the
     dtype they pass it, so m(t), sigma(t) are worked out in one call and never again; the samples are the same as
     with a score that cannot be told (to float32 round-off: the grid's coefficients come from one vectorised call)."""
-    sde, calls = SDES["VP"], []
-    marginal_coeffs = sde.marginal_coeffs
+    sde, calls, diffusion_calls = SDES["VP"], [], []
+    marginal_coeffs, diffusion = sde.marginal_coeffs, sde.diffusion
 
     def counted(t):
         calls.append(t.numel())
         return marginal_coeffs(t)
+
+    def counted_diffusion(t):
+        diffusion_calls.append(t.numel())
+        return diffusion(t)
 
     x_T = sde.prior_sample((300, 2), generator=0)
     method = run.split()[-1]
@@ -139,14 +143,16 @@ def test_samplers_work_out_the_scores_times_once_and_sample_as_without(run):
         "ode_sample midpoint": lambda s: sampling.ode_sample(s, sde, x_T, method=method, n_steps=10),
     }[run]
     score = MIX.marginal_score(sde)
-    sde.marginal_coeffs = counted
+    sde.marginal_coeffs, sde.diffusion = counted, counted_diffusion
     try:
         told = sample(score)
     finally:
-        del sde.marginal_coeffs
+        del sde.marginal_coeffs, sde.diffusion
     # each call's number of times: pc_sample's own schedule and the score each work out the 41 grid times once; the
     # ODE's score works out its 10 steps' stage times (rk4's last stage is the next step's first; midpoint never asks at eps)
     assert calls == {"pc_sample": [41, 41], "ode_sample rk4": [31], "ode_sample midpoint": [20]}[run]
+    # and the ODE's flow takes g(t)^2 from one call for the same times, not one call per evaluation
+    assert diffusion_calls == {"pc_sample": [], "ode_sample rk4": [31], "ode_sample midpoint": [20]}[run]
     untold = sample(lambda x, t: MIX.marginal_score(sde)(x, t))
     torch.testing.assert_close(told, untold, rtol=1e-5, atol=1e-5)
 
