@@ -79,10 +79,13 @@ def test_marginal_score_asked_again_at_a_time_gives_that_times_score():
 
 
 @pytest.mark.parametrize("name", ["VP", "VE"])
-def test_marginal_score_precomputed_times_give_each_times_closed_form(name):
-    """`precompute` works out a grid's times in one call: the score at each of them, and at a time off the grid, is
-    the closed form; a time out of [0, T] or a grid that is not a 1-d tensor is refused."""
-    sde, mix = SDES[name], GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [2.0, -1.0]], [[0.5, 1.2], [0.9, 0.2]], dtype=torch.float64)
+@pytest.mark.parametrize("covariances", ["diagonal", "full"])
+def test_marginal_score_precomputed_times_give_each_times_closed_form(name, covariances):
+    """`precompute` works out a grid's times in one call (with the coefficients for diagonal components, m and sigma
+    alone for full ones): the score at each of them, and at a time off the grid, is the closed form; a time out of
+    [0, T] or a grid that is not a 1-d tensor is refused."""
+    covs = {"diagonal": [[0.5, 1.2], [0.9, 0.2]], "full": [[[0.5, 0.3], [0.3, 1.2]], [[0.9, -0.2], [-0.2, 0.2]]]}[covariances]
+    sde, mix = SDES[name], GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [2.0, -1.0]], covs, dtype=torch.float64)
     score, x = mix.marginal_score(sde), 1.5 * mix.sample(20, generator=4)
     grid = torch.linspace(sde.T, 0.01, 9, dtype=torch.float64)
     score.precompute(grid)
