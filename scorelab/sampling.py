@@ -594,15 +594,15 @@ def fixed_step_times(t_start: float, t_end: float, method: str, n_steps: int) ->
     return [[min(max((1 - c) * s + c * t, lo), hi) for c in _TABLEAUS[method][0]] for s, t in zip(grid, grid[1:])]
 
 
-def _fixed_step_solve(func, y0: tuple, t_start: float, t_end: float, method: str, n_steps: int, n_saved: int) -> list[tuple]:
-    """`n_steps` steps of `method` (`_TABLEAUS`) for the tuple state y0, calling func(t, y) with t a Python float (a
-    time known in advance, `fixed_step_times`). Returns the states at `n_saved` equally spaced times from t_start to
+def _fixed_step_solve(func, y0: tuple, t_start: float, t_end: float, method: str, steps: list[list[float]], n_saved: int) -> list[tuple]:
+    """The steps of `method` (`_TABLEAUS`) at the stage times `steps` (`fixed_step_times`) for the tuple state y0,
+    calling func(t, y) with t a Python float. Returns the states at `n_saved` equally spaced times from t_start to
     t_end, linear between steps (as torchdiffeq's fixed-grid solvers), keeping only what it returns."""
     _, a, b = _TABLEAUS[method]
-    h = (t_end - t_start) / n_steps
+    h = (t_end - t_start) / len(steps)
     saved_at = [(t - t_start) / h for t in torch.linspace(t_start, t_end, n_saved, dtype=torch.float64).tolist()]
     y, saved = y0, [y0]
-    for i, times in enumerate(fixed_step_times(t_start, t_end, method, n_steps)):
+    for i, times in enumerate(steps):
         slopes = []
         for t, weights in zip(times, a):
             stage = y
@@ -622,12 +622,25 @@ def _fixed_step_solve(func, y0: tuple, t_start: float, t_end: float, method: str
 
 
 def integrate_ode(
-    func, y0, t_start: float, t_end: float, *, method: str, rtol: float, atol: float, n_steps: int | None, interval, n_saved: int = 2
+    func,
+    y0,
+    t_start: float,
+    t_end: float,
+    *,
+    method: str,
+    rtol: float,
+    atol: float,
+    n_steps: int | None,
+    interval,
+    n_saved: int = 2,
+    prepare: Callable[[list[float]], None] | None = None,
 ):
     """Integrate dy/dt = func(t, y) from t_start to t_end, never evaluating func outside `interval`.
 
     Adaptive methods run through torchdiffeq and pass t as a 0-d tensor; fixed-step ones are stepped here and pass
-    t as a Python float, one of `fixed_step_times` (a field turns it into a batch of times without a host sync).
+    t as a Python float, one of `fixed_step_times` (a field turns it into a batch of times without a host sync), and
+    first call `prepare` (if given) with every one of those times, once each, so that the field can work out what
+    depends on t alone for all of them at once.
     Returns the state at t_end, or with `n_saved > 2` the states at `n_saved` equally spaced times
     (first dim). Adaptive solvers may step past the end point and evaluate the field there; stepping to
     the end point exactly (`step_t`) prevents it, and clamping t into `interval` absorbs the last ulp.
@@ -644,8 +657,10 @@ def integrate_ode(
     is_tuple = isinstance(y0, tuple)
     if fixed:
         field = func if is_tuple else lambda t, y: func(t, y[0])  # stepped as a tuple of one tensor
-        n_steps = check_int("n_steps", n_steps, minimum=1)
-        states = _fixed_step_solve(field, y0 if is_tuple else (y0,), t_start, t_end, method, n_steps, n_saved)
+        steps = fixed_step_times(t_start, t_end, method, check_int("n_steps", n_steps, minimum=1))
+        if prepare is not None:
+            prepare(list(dict.fromkeys(t for times in steps for t in times)))  # in order, each once
+        states = _fixed_step_solve(field, y0 if is_tuple else (y0,), t_start, t_end, method, steps, n_saved)
         solution = tuple(torch.stack(parts) for parts in zip(*states))
     else:
         solution = _adaptive_solve(func, y0, t_start, t_end, method, rtol, atol, n_saved, (lo, hi), hint)
@@ -721,10 +736,10 @@ def ode_sample(
     score = checked_score(score)
     eps = sde.check_eps(eps)
     nfe, known = 0, {}  # known: a fixed-step method's time -> (f(t), g(t)^2), worked out for all of them at once
-    if ODE_METHODS.get(method) == "fixed" and isinstance(n_steps, int) and n_steps >= 1:
-        times = sorted({t for step in fixed_step_times(sde.T, eps, method, n_steps) for t in step}, reverse=True)
+
+    def prepare(times):
         grid = torch.tensor(times, dtype=torch.float64)
-        known = dict(zip(times, zip(sde.drift_coeff(grid).tolist(), sde.diffusion(grid).square().tolist())))
+        known.update(zip(times, zip(sde.drift_coeff(grid).tolist(), sde.diffusion(grid).square().tolist())))
         _precompute(score, times, x)
 
     def flow(t, y):
@@ -734,6 +749,7 @@ def ode_sample(
 
     with torch.no_grad():
         out = integrate_ode(
-            flow, x.detach(), sde.T, eps, method=method, rtol=rtol, atol=atol, n_steps=n_steps, interval=(eps, sde.T), n_saved=n_saved
-        )
+            flow, x.detach(), sde.T, eps, method=method, rtol=rtol, atol=atol, n_steps=n_steps, interval=(eps, sde.T),
+            n_saved=n_saved, prepare=prepare,
+        )  # fmt: skip
     return (out, nfe) if return_nfe else out
