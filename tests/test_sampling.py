@@ -392,7 +392,8 @@ def test_fixed_step_methods_step_as_torchdiffeqs_and_save_the_same_path(method):
 @pytest.mark.parametrize("method, order", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
 def test_fixed_step_methods_converge_at_their_order(method, order):
     """On dy/dt = -t y (exact y(t) = y(1) exp((1 - t^2) / 2)) from 1 down to 0, halving the step divides the error by
-    2^order: within 15% of it at 16 -> 32 steps."""
+    2^order: within 5% of it at 16 -> 32 steps (1.98, 3.92 and 15.35: the next term of the error is O(h) smaller,
+    while a method one order off is a factor of 2 away)."""
     from scorelab.sampling import integrate_ode
 
     y1 = torch.ones(1, 1, dtype=torch.float64)
@@ -402,4 +403,4 @@ def test_fixed_step_methods_converge_at_their_order(method, order):
         y0 = integrate_ode(lambda t, y: -t * y, y1, 1.0, 0.0, method=method, rtol=1e-5, atol=1e-5, n_steps=n, interval=(0.0, 1.0))
         return abs(y0.item() - exact)
 
-    assert error(16) / error(32) == pytest.approx(2**order, rel=0.15)
+    assert error(16) / error(32) == pytest.approx(2**order, rel=0.05)
