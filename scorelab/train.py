@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -174,6 +175,15 @@ def _batch_source(data, batch_size: int, generator: torch.Generator, rank: int, 
     return draw
 
 
+def progress_options(show: bool = True) -> dict:
+    """tqdm options: hidden unless `show`; redrawn at most every 30 s when stderr is not a terminal (a log file gets
+    a line per redraw, not one per step). TQDM_MININTERVAL and TQDM_DISABLE in the environment still win."""
+    if not show:
+        return {"disable": True}
+    interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return {} if interactive or "TQDM_MININTERVAL" in os.environ else {"mininterval": 30.0}
+
+
 def _checkpoint_path(checkpoint) -> Path | None:
     """The checkpoint path, checked before any training: a file path in a folder this process can write."""
     if checkpoint is None:
@@ -218,8 +228,26 @@ def _load_module_state(module: torch.nn.Module, state: dict, what: str, path: Pa
     module.load_state_dict(state)
 
 
-#: what `fit` writes into a checkpoint, besides the format tag
+#: what `fit` writes into a checkpoint, besides the format tag ("module_rng" too, absent from older checkpoints)
 CHECKPOINT_KEYS = ("config", "model", "optimizer", "ema", "generator", "rank_generators", "world_size", "history")
+
+
+def _module_rng_seed(seed: int, rank: int) -> int:
+    """The seed of torch's own generators (what dropout draws from) on process `rank`: distinct per rank, so
+    dropout masks differ between processes, and distinct from the batch and loss-noise generators' seeds."""
+    return ((0x5EED << 40) ^ ((rank + 1) << 32) ^ seed) % (1 << 63)
+
+
+def _module_rng_state(device: torch.device) -> list[torch.Tensor]:
+    """The states of the generators modules draw from without a `generator=` argument (dropout): the CPU's, and
+    `device`'s when it is a GPU."""
+    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
+
+
+def _set_module_rng_state(states: list[torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(states[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(states[1], device)
 
 
 @contextmanager
@@ -273,13 +301,16 @@ def fit(
             it is (re)written atomically every `config.checkpoint_every` steps, at the end, and when SIGINT or
             SIGTERM arrives (then the signal takes its course). Stale temporary files of it are removed first.
         callback: called every `config.log_every` steps with `{"i": step, "loss": mean loss of those steps,
-            "losses": their per-step values}`.
+            "losses": their per-step values}`, and `"grad_norm"` (their mean gradient norm before clipping) when
+            `config.grad_clip` is set.
         metadata: plain data (str, numbers, lists, dicts) stored in the checkpoint as `"metadata"`, e.g. the
             run's configuration, so that the checkpoint alone rebuilds the model (`scorelab sample`).
 
     Randomness: one generator seeded `config.seed` draws the batches (shared by all processes); the loss noise of a
     single process comes from the same generator, that of rank r > 0 or of any rank of a multi-process run from its
-    own generator seeded `(r + 1) * 2**32 + seed`. All of it is checkpointed, so resuming ends bit-identical.
+    own generator seeded `(r + 1) * 2**32 + seed`. What the model draws itself (dropout) comes from torch's own
+    generators, which `fit` seeds per rank from `config.seed` for the run and restores afterwards (the caller's
+    random state is left as it was). All of it is checkpointed, so resuming ends bit-identical.
 
     Returns:
         list of per-step losses (averaged over processes), resumed steps included. Raises `FloatingPointError`
@@ -317,6 +348,7 @@ def fit(
     next_batch = _batch_source(data, config.batch_size, generator, rank, world, device, channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history: list[float] = []
+    module_rng = None  # this rank's torch generator states, from a checkpoint
 
     if path is not None:
         if rank == 0:
@@ -333,17 +365,20 @@ def fit(
                 if state["ema"] is None:
                     raise CheckpointError(f"{path} has no EMA state but an ema was passed")
                 _load_module_state(ema.module, state["ema"]["module"], "EMA model", path)
-                ema.decay = float(state["ema"]["decay"])
+                ema.load_state_dict(state["ema"])
             generator.set_state(state["generator"])
             if world > 1:
                 noise_generator.set_state(state["rank_generators"][rank])
             history = state["history"].tolist()
+            if state.get("module_rng") is not None:
+                module_rng = state["module_rng"][rank]
 
     def snapshot() -> dict:
-        rank_states = None
+        rank_states, module_states = None, [_module_rng_state(device)]
         if world > 1:  # a collective: every rank calls snapshot at the same step
-            rank_states = [None] * world
+            rank_states, module_states = [None] * world, [None] * world
             dist.all_gather_object(rank_states, noise_generator.get_state())
+            dist.all_gather_object(module_states, _module_rng_state(device))
         return {
             "format": CHECKPOINT_FORMAT,
             "config": asdict(config),
@@ -352,6 +387,7 @@ def fit(
             "ema": ema.state_dict() if ema is not None else None,
             "generator": generator.get_state(),
             "rank_generators": rank_states,
+            "module_rng": module_states,
             "world_size": world,
             "history": torch.tensor(history, dtype=torch.float64),
             "metadata": metadata,
@@ -365,7 +401,9 @@ def fit(
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    pending = torch.zeros(config.log_every + 1, device=device)  # the unread losses, and a stop flag last
+    # the unread losses, then (when clipping) the gradient norms before clipping, and a stop flag last
+    n_log = config.log_every
+    pending = torch.zeros(2 * n_log + 1, device=device)
     n_pending = 0
 
     def read_losses(i: int, stop_requested: bool) -> bool:
@@ -376,6 +414,7 @@ def fit(
             dist.all_reduce(pending)
             pending[:-1] /= world
         values = pending[:n_pending].tolist()
+        norms = pending[n_log : n_log + n_pending].tolist() if config.grad_clip is not None else None
         stop = pending[-1].item() > 0
         first = i + 1 - n_pending
         for j, value in enumerate(values):
@@ -389,15 +428,24 @@ def fit(
         if rank == 0:
             bar.set_postfix(loss=f"{values[-1]:.4g}", refresh=False)  # shown at the bar's own refresh rate
             if callback is not None:
-                callback({"i": i, "loss": sum(values) / len(values), "losses": values})
+                info = {"i": i, "loss": sum(values) / len(values), "losses": values}
+                if norms is not None:
+                    info["grad_norm"] = sum(norms) / len(norms)
+                callback(info)
         return stop
 
     model.train()
-    bar_options = {} if config.progress and rank == 0 else {"disable": True}
+    bar_options = progress_options(config.progress and rank == 0)
     with (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
         _deferred_signals(path is not None) as signals,
         tqdm(range(len(history), config.n_steps), desc="fit", initial=len(history), total=config.n_steps, **bar_options) as bar,
     ):
+        if module_rng is None:  # inside fork_rng: the run's own dropout stream, the caller's restored afterwards
+            seed = _module_rng_seed(config.seed, rank)
+            module_rng = [torch.Generator().manual_seed(seed).get_state()]
+            module_rng += [torch.Generator(device).manual_seed(seed).get_state()] if device.type == "cuda" else []
+        _set_module_rng_state(module_rng, device)
         for i in bar:
             if config.warmup_steps:
                 for group in optimizer.param_groups:
@@ -413,7 +461,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                pending[n_log + n_pending] = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             if ema is not None:
                 ema.update(model)

@@ -1,5 +1,6 @@
 """The training loop: it learns, it resumes exactly, and its checkpoints are safe."""
 
+import math
 import pickle
 
 import pytest
@@ -128,13 +129,70 @@ def test_divergence_raises_with_a_hint():
 
 def test_ema_tracks_the_average():
     model = torch.nn.Linear(1, 1, bias=False)
-    ema = EMA(model, decay=0.5)
+    ema = EMA(model, decay=0.5, warmup=False)
     with torch.no_grad():
         model.weight.fill_(0.0)
         ema.module.weight.fill_(4.0)
     ema.update(model)
     assert ema.module.weight.item() == pytest.approx(2.0)
     assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+@pytest.mark.parametrize("n", [1, 10, 300])
+def test_ema_warmup_forgets_the_initialisation_polynomially(n):
+    """With warm-up the n-th update uses min(decay, (1 + n) / (10 + n)): after n updates towards a fixed model the
+    initial weights keep the share prod_k (1 + k) / (10 + k) = 9! n! / (n + 9)!, not decay^n (0.97 at n = 300)."""
+    model = torch.nn.Linear(1, 1, bias=False).double()
+    ema = EMA(model, decay=0.9999)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+        ema.module.weight.fill_(1.0)
+    for _ in range(n):
+        ema.update(model)
+    share = math.exp(math.lgamma(10) + math.lgamma(n + 1) - math.lgamma(n + 10))
+    assert ema.module.weight.item() == pytest.approx(share, rel=1e-12)
+    assert ema.n_updates == n and ema.current_decay() == min(0.9999, (1 + n) / (10 + n))
+    if n == 300:
+        assert share < 1e-15 < 0.9999**n - 0.9
+
+
+def test_resume_with_dropout_is_exact_and_leaves_the_callers_random_state(tmp_path):
+    """Dropout draws from torch's own generator: fit seeds it for the run, checkpoints it, and restores the caller's."""
+
+    def dropout_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Dropout(0.5), torch.nn.Linear(64, 2))
+
+    def loss(model, x, g):
+        return (model(x) - x).square().sum(1).mean()
+
+    config = TrainConfig(n_steps=20, checkpoint_every=5, progress=False)
+    full_model = dropout_model()
+    torch.manual_seed(123)
+    caller_state = torch.get_rng_state()
+    full = fit(full_model, loss, MIX.sample, config)
+    assert torch.equal(torch.get_rng_state(), caller_state)
+
+    path = tmp_path / "run.pt"
+
+    def interrupt(info):
+        if info["i"] == 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(dropout_model(), loss, MIX.sample, config, checkpoint=path, callback=interrupt)
+    torch.manual_seed(999)  # whatever the new process's random state, the resumed run continues the stored one
+    resumed_model = dropout_model()
+    assert fit(resumed_model, loss, MIX.sample, config, checkpoint=path) == full
+    assert all(torch.equal(a, b) for a, b in zip(resumed_model.state_dict().values(), full_model.state_dict().values()))
+
+
+def test_progress_bar_into_a_log_file_is_not_a_line_per_step(monkeypatch, capsys):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    fit(new_model(), dsm_loss, MIX.sample, TrainConfig(n_steps=300, progress=True))
+    err = capsys.readouterr().err  # not a terminal, as when stdout and stderr go to a file
+    assert 1 <= err.count("\r") + err.count("\n") <= 3, err[:500]
 
 
 def test_energy_mlp_score_is_minus_grad_and_works_under_no_grad():
