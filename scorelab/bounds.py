@@ -1,14 +1,17 @@
-r"""The TV bound of Chen et al. 2023 made measurable: its constants, a score with a chosen error, exact Gaussian laws.
+r"""The TV bound of Chen et al. 2023 made measurable: its constants, a score with a chosen error, exact output laws.
 
 For the OU forward process dX = -X dt + sqrt(2) dB (`sde.OUSDE`) started at data q, the exponential integrator
 (`sampling.exponential_integrator`) with step h and horizon T = N h, started from N(0, I_d), satisfies
 
     TV(p_T, q) <~ sqrt(KL(q || N(0, I))) e^{-T} + (L sqrt(d h) + L m_2 h) sqrt(T) + eps sqrt(T)
 
-under (A1) grad log q_t is L-Lipschitz for every t, (A2) E_q ||X||^2 = m_2^2 < inf, (A3) the score error
-(1/N) sum_k E_{q_{kh}} ||s_{kh} - grad log q_{kh}||^2 <= eps^2 (Chen et al. 2023, Thm. 2; Zhang, lecture 19).
-This module computes L, m_2^2 and the KL for Gaussian mixtures, builds scores whose error is exactly eps, and gives
-the integrator's output law in closed form when q is Gaussian (where the scheme is linear). Introduced in lesson 06.
+when h <~ 1/L with L >= 1, under (A1) grad log q_t is L-Lipschitz for every t, (A2) E_q ||X||^2 = m_2^2 < inf,
+(A3) E_{q_{kh}} ||s_{kh} - grad log q_{kh}||^2 <= eps^2 for every k (Chen et al. 2023, Thm. 2; Zhang, lecture 19).
+The proof's Girsanov step sums the errors over the steps, so only their mean over k enters: `score_error` measures
+that root mean square. This module computes L, m_2^2 and the KL for Gaussian mixtures, builds scores whose error is
+exactly eps, and gives output laws without sampling noise: in closed form when q is Gaussian (the scheme is then
+linear), on a grid in 1-D for any score, and for the exact reverse process started at N(0, I) (the start's share
+alone). Introduced in lesson 06.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._checks import as_generator, check_bounds, check_callable, check_int, check_nonnegative, check_positive
+from ._checks import append_dims, as_generator, check_bounds, check_callable, check_int, check_nonnegative, check_positive
 from .distributions import GaussianMixture
 from .metrics import Estimate, kl_quadrature
 from .sampling import _steps_of
@@ -69,25 +72,40 @@ def _mixture_hessian(dist: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
     return -torch.einsum("nk,kde->nde", resp, dist._precisions) + torch.einsum("nk,nkd,nke->nde", resp, centred, centred)
 
 
-def score_lipschitz(dist: GaussianMixture, sde, bounds=None, n_grid: int = 201, n_times: int = 60) -> float:
-    r"""L = sup_t sup_x ||\nabla^2 log q_t(x)||_op for the marginals q_t of the linear `sde` started at `dist` (A1).
+def score_curvature_range(dist: GaussianMixture, sde, bounds=None, n_grid: int = 201, n_times: int = 60) -> tuple[float, float]:
+    r"""(lowest, highest) eigenvalue of \nabla^2 log q_t(x) over x and t, for the marginals q_t of the linear `sde` at `dist`.
 
-    Method: the Hessian in closed form (`_mixture_hessian`), its largest absolute eigenvalue, maximised over a
-    grid of `n_grid`^D points in bounds^D (default: every component's mean +- 6 standard deviations) and over
-    t = 0 and `n_times` geometrically spaced times in [1e-3, T]. For one Gaussian the Hessian does not depend
-    on x and the result is exact: max over t of 1 / lambda_min(Sigma_t). For a mixture it is a grid maximum,
-    so a lower estimate of the supremum that converges as the grid is refined (D <= 2 only).
+    The Hessian is -\sum_k r_k P_k + \sum_k r_k (s_k - s)(s_k - s)^T (`_mixture_hessian`): the first term is at
+    least -max_k lambda_max(P_k), so `lowest` >= -(largest precision); positive curvature (log q_t convex) comes
+    only from the second, which is non-zero only where several components have weight r_k, between the modes.
+    Method: the closed-form Hessian's eigenvalues on a grid of `n_grid`^D points in bounds^D (default: every
+    component's mean +- 6 standard deviations) at t = 0 and `n_times` geometrically spaced times in [1e-3, T]
+    (D <= 2). Exact for one Gaussian; for a mixture a grid extremum, converging as the grid is refined.
+    Returns two floats. Introduced in lesson 06.
     """
     dist = _check_mixture(dist)
     if dist.dim not in (1, 2):
-        raise ValueError(f"score_lipschitz searches a grid in 1-D or 2-D, got a mixture in D={dist.dim}")
+        raise ValueError(f"score_curvature_range searches a grid in 1-D or 2-D, got a mixture in D={dist.dim}")
     lo, hi = check_bounds(bounds) if bounds is not None else _mass_bounds(dist, 6.0)
     check_int("n_grid", n_grid, minimum=2)
     check_int("n_times", n_times, minimum=1)
     axis = torch.linspace(lo, hi, n_grid, dtype=torch.float64)
     x = torch.cartesian_prod(*[axis] * dist.dim).reshape(-1, dist.dim)
     times = [0.0, *np.geomspace(1e-3, sde.T, n_times).tolist()]
-    return max(torch.linalg.eigvalsh(_mixture_hessian(dist.marginal(sde, t), x)).abs().max().item() for t in times)
+    eigenvalues = torch.stack([torch.linalg.eigvalsh(_mixture_hessian(dist.marginal(sde, t), x)) for t in times])
+    return eigenvalues.min().item(), eigenvalues.max().item()
+
+
+def score_lipschitz(dist: GaussianMixture, sde, bounds=None, n_grid: int = 201, n_times: int = 60) -> float:
+    r"""L = sup_t sup_x ||\nabla^2 log q_t(x)||_op for the marginals q_t of the linear `sde` started at `dist` (A1).
+
+    The larger magnitude of `score_curvature_range` (same grid and arguments): for one Gaussian the Hessian does not
+    depend on x and the result is exact, max over t of 1 / lambda_min(Sigma_t); for a mixture it is a grid maximum,
+    so a lower estimate of the supremum that converges as the grid is refined (D <= 2 only). The theorem of lesson 06
+    asks h <~ 1/L.
+    """
+    lowest, highest = score_curvature_range(dist, sde, bounds, n_grid, n_times)
+    return max(-lowest, highest)
 
 
 class _SineField:
@@ -198,6 +216,144 @@ def gaussian_integrator_law(mean, var, T: float, h: float) -> tuple[np.ndarray, 
         a = 1 + growth - 2 * growth / v_t
         M, V = a * M + 2 * growth * m_t / v_t, a**2 * V + noise
     return M, V
+
+
+def reverse_output_log_prob(dist: GaussianMixture, T: float, nodes: int = 64) -> Callable:
+    r"""log p_T(x): the output law of the *exact* reverse OU process run for a time T from N(0, I) instead of q_T.
+
+    Only the start differs from the truth, so TV(p_T, q) is the start's share of the sampler's error alone. The
+    reverse kernel from time T back to 0 is K(y, x) = q(x) P_T(x, y) / q_T(y), with P_T(x, .) = N(e^{-T} x, (1 - e^{-2T}) I)
+    the forward one, so started from gamma = N(0, I)
+
+        p_T(x) = \int gamma(y) K(y, x) dy = q(x) E[(gamma / q_T)(X_T) | X_0 = x],
+
+    the data law reweighted by the likelihood ratio of the start, pulled back through the forward kernel. The
+    expectation is a Gauss-Hermite rule in X_T | X_0 = x with `nodes`^D points (D <= 2): the integrand is smooth, so
+    log p_T is accurate to ~1e-12 for the mixtures of lesson 06 (the tests compare a Gaussian q with its closed form).
+    Returns `log_prob(x)`, `(n, D) -> (n,)` in float64, e.g. for `metrics.tv_quadrature(log_prob, q.log_prob, ...)`.
+    Introduced in lesson 06.
+    """
+    dist = _check_mixture(dist)
+    if dist.dim not in (1, 2):
+        raise ValueError(f"reverse_output_log_prob integrates in 1-D or 2-D, got a mixture in D={dist.dim}")
+    T = check_positive("T", T, allow_tensor=False)
+    check_int("nodes", nodes, minimum=2)
+    ou = OUSDE(T)
+    q_T = dist.marginal(ou, T)
+    z, w = np.polynomial.hermite_e.hermegauss(nodes)  # weight e^{-z^2/2}: nodes of N(0, 1) after dividing by sqrt(2 pi)
+    z_1d, log_w_1d = torch.as_tensor(z), torch.as_tensor(np.log(w / math.sqrt(2 * math.pi)))
+    z = torch.cartesian_prod(*[z_1d] * dist.dim).reshape(-1, dist.dim)  # (M, D)
+    log_w = torch.cartesian_prod(*[log_w_1d] * dist.dim).reshape(-1, dist.dim).sum(1)  # (M,)
+    scale, std = math.exp(-T), math.sqrt(-math.expm1(-2 * T))
+
+    def log_prob(x: torch.Tensor) -> torch.Tensor:
+        x = dist._flatten(torch.as_tensor(x, dtype=torch.float64))
+        parts = []
+        for chunk in x.split(max(1, 2**20 // len(z))):
+            y = (scale * chunk[:, None, :] + std * z).reshape(-1, dist.dim)  # X_T given X_0 = x, at the nodes
+            log_ratio = (ou.prior_log_prob(y) - q_T.log_prob(y)).reshape(len(chunk), len(z))
+            parts.append(dist.log_prob(chunk) + torch.logsumexp(log_ratio + log_w, 1))
+        return torch.cat(parts)
+
+    return log_prob
+
+
+def _grid_chain(score: Callable, T: float, h: float, bounds, n_grid: int):
+    """The 1-D exponential integrator's law on a grid: yields (t, x, density) before each step (forward time t of the
+    score call) and finally (0, x, output density). Each step maps a point y to N(e^h y + 2 (e^h - 1) s(y, t), e^{2h} - 1),
+    so the next density is a sum over the grid of Gaussians weighted by density * cell width (midpoint rule)."""
+    check_callable("score", score)
+    n_steps = _steps_of(T, h)
+    lo, hi = check_bounds(bounds)
+    check_int("n_grid", n_grid, minimum=2)
+    width = (hi - lo) / n_grid
+    x = lo + width * (torch.arange(n_grid, dtype=torch.float64) + 0.5)
+    density = torch.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)  # Y_0 ~ N(0, 1)
+    growth, drift_scale, noise_var = math.exp(h), 2 * math.expm1(h), math.expm1(2 * h)
+    normaliser = 1 / math.sqrt(2 * math.pi * noise_var)
+    half_width = min(n_grid, math.ceil(9 * math.sqrt(noise_var) / width))
+    reach = torch.arange(-half_width, half_width + 1)
+    reach_x, pad = width * reach.double(), 2 * half_width + 1
+    dtype = torch.get_default_dtype()
+    for i in range(n_steps):
+        t = T - i * h
+        yield t, x, density
+        with torch.no_grad():
+            s = score(x[:, None].to(dtype), torch.full((n_grid,), t, dtype=dtype)).reshape(n_grid).double()
+        if not torch.isfinite(s).all():
+            raise ValueError(f"score is not finite on the grid at t={t:.4g}")
+        mean = growth * x + drift_scale * s  # where each grid point's mass goes, (n_grid,)
+        # each point's Gaussian on the cells within 9 standard deviations of its mean (beyond: < 1e-17 of its mass);
+        # mass beyond the grid lands in pads on either side and is dropped
+        nearest = ((mean - lo) / width - 0.5).round()
+        offset = lo + width * (nearest + 0.5) - mean  # nearest cell centre - mean
+        kernel = torch.exp((offset[:, None] + reach_x[None, :]) ** 2 * (-0.5 / noise_var)) * (normaliser * width * density)[:, None]
+        cells = nearest.long().clamp(-pad, n_grid + pad - 1)[:, None] + reach[None, :] + 2 * pad
+        density = torch.zeros(n_grid + 4 * pad, dtype=torch.float64).index_add_(0, cells.ravel(), kernel.ravel())
+        density = density[2 * pad : 2 * pad + n_grid]
+    yield 0.0, x, density
+
+
+def grid_integrator_law(score: Callable, T: float, h: float, bounds=(-8.0, 8.0), n_grid: int = 601) -> tuple[np.ndarray, np.ndarray]:
+    r"""The exact output law of `sampling.exponential_integrator` in 1-D, for any score, without sampling noise.
+
+    Started from N(0, 1), each step Y <- e^h Y + 2 (e^h - 1) s(Y, t) + sqrt(e^{2h} - 1) z is Gaussian given Y, so the
+    density after a step is p'(x) = \int p(y) N(x; e^h y + 2 (e^h - 1) s(y, t), e^{2h} - 1) dy: a product with an
+    `n_grid` x `n_grid` matrix per step, the integral by the midpoint rule on `n_grid` cells of `bounds` (mass that
+    leaves the interval is dropped: check `density.sum() * width`). With cells several times narrower than
+    sqrt(e^{2h} - 1) the error is far below 1e-6 in TV (the tests compare a Gaussian target with the closed form of
+    `gaussian_integrator_law`, and a mixture with particles). `score(x, t)` takes `(n, 1)` points and `(n,)` times.
+    Returns `(x, density)`: the cell centres and the output density there, float64 arrays of length `n_grid`, so
+    TV(p, q) = 1/2 sum |density - q(x)| * width. Introduced in lesson 06.
+    """
+    *_, (_, x, density) = _grid_chain(score, T, h, bounds, n_grid)  # the last state: the output
+    return x.numpy(), density.numpy()
+
+
+def path_score_error(score: Callable, reference: Callable, T: float, h: float, bounds=(-8.0, 8.0), n_grid: int = 601) -> float:
+    r"""eps_path = sqrt((1/N) \sum_k E ||s(Y_k, t_k) - s_ref(Y_k, t_k)||^2) under the law of the 1-D scheme run with `reference`.
+
+    Y_k is the state of `sampling.exponential_integrator` with the score `reference`, started from N(0, 1), when it
+    calls the score at forward time t_k = T - k h (k = 0..N-1), its law on a grid as in `grid_integrator_law`. The two
+    schemes' interpolated paths differ only in the drift 2 (s - s_ref)(Y_k) on each step, so Girsanov's theorem gives
+    KL(path_ref || path_s) = T eps_path^2 exactly, and with Pinsker and data processing
+    TV(output_s, output_ref) <= eps_path sqrt(T / 2): a true bound. A3 averages the same error under q_{t_k} instead
+    (`score_error`); the two agree when the reference chain's laws are close to q_t. Returns a float. Lesson 06.
+    """
+    check_callable("reference", reference)
+    dtype, total, n_steps = torch.get_default_dtype(), 0.0, 0
+    for t, x, density in _grid_chain(reference, T, h, bounds, n_grid):
+        if t == 0.0:
+            break
+        points, times = x[:, None].to(dtype), torch.full((len(x),), t, dtype=dtype)
+        with torch.no_grad():
+            diff = (score(points, times) - reference(points, times)).reshape(len(x)).double()
+        total += float((density * diff**2).sum() * (x[1] - x[0]))
+        n_steps += 1
+    return math.sqrt(total / n_steps)
+
+
+def windowed_score(score: Callable, reference: Callable, window) -> Callable:
+    r"""s(x, t) = `score`(x, t) for forward times t in [lo, hi] = `window`, `reference`(x, t) outside it.
+
+    For ablations of *when* a score errs (lesson 06): the learned score only near t = 0, or a perturbed score only
+    where the reverse process starts. `t` may be a float or a `(n,)` tensor; a batch that shares one time (every
+    sampler step) calls only the score it needs.
+    """
+    check_callable("score", score)
+    check_callable("reference", reference)
+    lo, hi = check_bounds(window, "window")
+
+    def mixed(x: torch.Tensor, t) -> torch.Tensor:
+        t_batch = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        inside = (t_batch >= lo) & (t_batch <= hi)
+        if bool(inside.all()):
+            return score(x, t)
+        if not bool(inside.any()):
+            return reference(x, t)
+        return torch.where(append_dims(inside.expand(len(x)), x.ndim), score(x, t), reference(x, t))
+
+    return mixed
 
 
 def bound_terms(kl: float, L: float, m2: float, d: int, T, h, epsilon) -> dict[str, np.ndarray]:

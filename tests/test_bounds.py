@@ -252,3 +252,142 @@ def test_perturbed_score_with_a_different_time_per_sample():
     t = torch.tensor([0.0, 0.5, 0.5, 2.0, 0.0, 4.0], dtype=torch.float64)
     one_by_one = torch.cat([score(x[i : i + 1], t[i : i + 1]) for i in range(6)])
     torch.testing.assert_close(score(x, t), one_by_one)
+
+
+# --- the start's share, exact output laws on a grid, the path score error ----------------------------------------
+
+
+def _reverse_from_prior_gaussian(mu, s2, T):
+    """Mean and variance of X_0 | X_T = y, averaged over y ~ N(0, 1): the exact reverse process started at the prior,
+    for q = N(mu, s2), from the Gaussian conditioning formula (an oracle independent of the library's quadrature)."""
+    v_T = s2 * math.exp(-2 * T) + 1 - math.exp(-2 * T)
+    gain = s2 * math.exp(-T) / v_T  # E[X_0 | X_T = y] = mu + gain (y - mu e^{-T})
+    return mu - gain * mu * math.exp(-T), s2 - gain * s2 * math.exp(-T) + gain**2
+
+
+@pytest.mark.parametrize("mu, s2", [(0.7, 0.3), (0.0, 2.0), (-1.0, 0.25)])
+@pytest.mark.parametrize("T", [0.25, 1.0, 4.0])
+def test_reverse_output_of_a_gaussian_is_the_conditioning_formula(mu, s2, T):
+    g = GaussianMixture([1.0], [[mu]], [s2], dtype=torch.float64)
+    mean, var = _reverse_from_prior_gaussian(mu, s2, T)
+    x = torch.linspace(-6, 6, 101, dtype=torch.float64)[:, None]
+    expected = torch.as_tensor(stats.norm.logpdf(x[:, 0].numpy(), mean, math.sqrt(var)))
+    torch.testing.assert_close(bounds.reverse_output_log_prob(g, T)(x), expected, atol=1e-10, rtol=0)
+    # the exponential integrator with a tiny step tends to the same law (first order in h)
+    M, V = bounds.gaussian_integrator_law(mu, s2, T, T / 4000)
+    assert abs(M[0] - mean) + abs(V[0] - var) < 5e-3
+
+
+def test_reverse_output_rates_and_leading_constants_of_the_hermite_expansion():
+    """TV(q_T, gamma) ~ |mu| sqrt(2/pi) e^{-T} / 2 and TV(p_T, q) ~ |mu| E_q|X - mu| e^{-2T} / 2 for a non-centred q:
+    the first Hermite mode, picked up once by q_T and twice by the output (lesson 06's derivation)."""
+    q = MIX_1D
+    mu = float((q.weights * q.means[:, 0]).sum())
+    x = torch.linspace(-12, 12, 200_001, dtype=torch.float64)
+    abs_dev = float(((x - mu).abs() * q.log_prob(x[:, None]).exp()).sum() * (x[1] - x[0]))  # E_q |X - mu|
+    T = 7.0
+    q_T = q.marginal(OUSDE(T), T)
+    start = metrics.tv_quadrature(q_T.log_prob, OUSDE().prior_log_prob, 1, (-12, 12))
+    output = metrics.tv_quadrature(bounds.reverse_output_log_prob(q, T), q.log_prob, 1, (-12, 12))
+    assert start * math.exp(T) == pytest.approx(0.5 * abs(mu) * math.sqrt(2 / math.pi), rel=0.01)  # next mode: e^{-T}
+    assert output * math.exp(2 * T) == pytest.approx(0.5 * abs(mu) * abs_dev, rel=0.01)
+    # normalised, and never further from q than q_T is from gamma (data processing)
+    mass = float(bounds.reverse_output_log_prob(q, 0.5)(x[::10, None]).exp().sum() * (x[10] - x[0]))
+    assert mass == pytest.approx(1.0, abs=1e-8)
+    q_half = q.marginal(OUSDE(0.5), 0.5)
+    assert metrics.tv_quadrature(bounds.reverse_output_log_prob(q, 0.5), q.log_prob, 1, (-12, 12)) < metrics.tv_quadrature(
+        q_half.log_prob, OUSDE().prior_log_prob, 1, (-12, 12)
+    )
+
+
+def test_reverse_output_in_2d_integrates_to_one():
+    axis = torch.linspace(-8, 8, 121, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)
+    log_prob = bounds.reverse_output_log_prob(MIX_2D, 0.7, nodes=12)(grid)
+    assert float(log_prob.exp().sum() * (axis[1] - axis[0]) ** 2) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_reverse_output_rejects_bad_input():
+    with pytest.raises(ValueError, match="1-D or 2-D"):
+        bounds.reverse_output_log_prob(GaussianMixture([1.0], torch.zeros(1, 3), torch.ones(1)), 1.0)
+    with pytest.raises(ValueError, match="T must be positive"):
+        bounds.reverse_output_log_prob(MIX_1D, 0.0)
+    with pytest.raises(TypeError, match="dist must be a GaussianMixture"):
+        bounds.reverse_output_log_prob("q", 1.0)
+
+
+@pytest.mark.parametrize("mean, var, T, h", [(0.7, 0.3, 3.0, 0.1), (0.7, 0.3, 2.0, 0.01), (-1.0, 2.0, 2.0, 0.25)])
+def test_grid_law_of_a_gaussian_target_is_the_closed_form(mean, var, T, h):
+    g = GaussianMixture([1.0], [[mean]], [var], dtype=torch.float64)
+    x, density = bounds.grid_integrator_law(g.marginal_score(OUSDE(T)), T, h)
+    M, V = bounds.gaussian_integrator_law(mean, var, T, h)
+    width = x[1] - x[0]
+    assert 0.5 * np.abs(density - stats.norm.pdf(x, M[0], math.sqrt(V[0]))).sum() * width < 1e-6
+    assert density.sum() * width == pytest.approx(1.0, abs=1e-5)
+
+
+def test_grid_law_of_a_mixture_matches_the_sampler():
+    T, h, n = 2.0, 0.1, 200_000
+    score = MIX_1D.marginal_score(OUSDE(T))
+    x, density = bounds.grid_integrator_law(score, T, h)
+    width = x[1] - x[0]
+    x0 = torch.randn(n, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = sampling.exponential_integrator(score, x0, T, h, generator=1)
+    mean, second = (density * x).sum() * width, (density * x**2).sum() * width
+    assert abs(y.mean().item() - mean) < 4 * math.sqrt((second - mean**2) / n)
+    # the grid law's bin masses (its distribution function, interpolated at the bin edges) against the histogram
+    edges = np.linspace(-5, 5, 41)
+    cdf = np.interp(edges, np.append(x - width / 2, x[-1] + width / 2), np.append(0.0, np.cumsum(density) * width))
+    masses = np.diff(cdf)
+    counts = np.histogram(y.numpy()[:, 0], edges)[0] / n
+    floor = 0.5 * np.sqrt(2 * masses * (1 - masses) / (math.pi * n)).sum()
+    spread = 0.5 * math.sqrt((masses * (1 - masses) / n).sum() * (1 - 2 / math.pi))
+    assert 0.5 * np.abs(counts - masses).sum() < floor + 4 * spread
+
+
+def test_grid_law_rejects_bad_input():
+    with pytest.raises(ValueError, match="whole number"):
+        bounds.grid_integrator_law(lambda x, t: -x, 1.0, 0.3)
+    with pytest.raises(TypeError, match="score must be callable"):
+        bounds.grid_integrator_law("s", 1.0, 0.1)
+    with pytest.raises(ValueError, match="bounds"):
+        bounds.grid_integrator_law(lambda x, t: -x, 1.0, 0.1, bounds=(1, -1))
+    with pytest.raises(ValueError, match="not finite"):
+        bounds.grid_integrator_law(lambda x, t: x * float("nan"), 1.0, 0.1)
+
+
+def test_path_score_error_is_exact_for_a_constant_shift_and_bounds_the_tv():
+    T, h = 2.0, 0.1
+    exact = MIX_1D.marginal_score(OUSDE(T))
+    shifted = lambda x, t: exact(x, t) + 0.3  # noqa: E731  an error of exactly 0.3 wherever the chain is
+    assert bounds.path_score_error(shifted, exact, T, h) == pytest.approx(0.3, rel=1e-6)
+    perturbed = bounds.perturbed_score(MIX_1D, OUSDE(T), 0.2)
+    eps_path = bounds.path_score_error(perturbed, exact, T, h)
+    assert eps_path == pytest.approx(0.2, rel=0.1)  # the chain's laws are close to q_t, where the error is exactly 0.2
+    (x, p), (_, r) = bounds.grid_integrator_law(perturbed, T, h), bounds.grid_integrator_law(exact, T, h)
+    tv = 0.5 * np.abs(p - r).sum() * (x[1] - x[0])
+    assert 0.1 * eps_path < tv < eps_path * math.sqrt(T / 2)  # Girsanov + Pinsker: a theorem for the scheme
+
+
+def test_windowed_score_switches_at_the_window_and_calls_one_score_for_a_shared_time():
+    calls = []
+    a = lambda x, t: calls.append("a") or torch.ones_like(x)  # noqa: E731
+    b = lambda x, t: calls.append("b") or -torch.ones_like(x)  # noqa: E731
+    mixed = bounds.windowed_score(a, b, (0.0, 0.5))
+    x = torch.zeros(4, 1)
+    torch.testing.assert_close(mixed(x, torch.tensor([0.1, 0.5, 0.6, 2.0])), torch.tensor([[1.0], [1.0], [-1.0], [-1.0]]))
+    calls.clear()
+    mixed(x, torch.full((4,), 0.2))
+    mixed(x, 3.0)
+    assert calls == ["a", "b"]
+    with pytest.raises(ValueError, match="window"):
+        bounds.windowed_score(a, b, (0.5, 0.1))
+
+
+def test_curvature_range_of_a_gaussian_and_of_a_mixture():
+    g = GaussianMixture([1.0], [[0.0]], [0.25], dtype=torch.float64)
+    lowest, highest = bounds.score_curvature_range(g, OUSDE(5.0))
+    assert lowest == pytest.approx(-4.0) and highest == pytest.approx(-1 / (0.25 * math.exp(-10) + 1 - math.exp(-10)))
+    lowest, highest = bounds.score_curvature_range(MIX_1D, OUSDE(5.0))
+    assert lowest >= -4.0 - 1e-9  # the first term of the Hessian: at least minus the largest precision
+    assert highest > 4.0 and bounds.score_lipschitz(MIX_1D, OUSDE(5.0)) == highest  # L comes from the convex part
