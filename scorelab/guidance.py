@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import (
+    append_dims,
     as_generator,
+    check_bounds,
     check_callable,
     check_choice,
     check_int,
@@ -29,13 +31,14 @@ from ._checks import (
     check_labels,
     check_nonnegative,
     check_output,
+    check_per_sample,
     check_positive,
     check_probability,
     check_tensor,
 )
 from .distributions import check_measurement
 from .losses import REDUCTIONS, _reduce, diffuse, sde_dsm
-from .sampling import PREDICTORS, DivergenceError, _FiniteGuard, _randn_like, _Schedule, pc_sample
+from .sampling import PREDICTORS, DivergenceError, _FiniteGuard, _randn_like, _Schedule, _time_batch, pc_sample
 
 #: the label that means "no label" to a `ScoreMLP(..., n_classes=C)`: classifier-free guidance's null token
 NULL_LABEL = -1
@@ -81,22 +84,35 @@ def classifier_gradient(classifier: Callable, y) -> Callable:
     return grad
 
 
-def classifier_guided_score(score: Callable, log_likelihood_grad: Callable, scale: float) -> Callable:
+def classifier_guided_score(score: Callable, log_likelihood_grad: Callable, scale: float, *, interval=None) -> Callable:
     r"""s(x, t) + gamma \nabla_x log p_t(y | x): classifier guidance with scale gamma (Dhariwal & Nichol 2021).
 
     With gamma = 1 and the exact noisy classifier this is the exact conditional score \nabla log p_t(x | y); with
     gamma != 1 it is *not* the score of the diffused tilted law p(x) p(y | x)^gamma / Z (lesson 07 measures the gap).
+    With `interval=(t_lo, t_hi)` the scale is gamma only for t_lo <= t <= t_hi and 1 elsewhere (the conditional
+    score there), as in guidance applied in a limited interval (Kynkaanniemi et al. 2024): lesson 07 moves the
+    interval along t to find the times at which guidance moves mass between modes.
 
     Args:
         score: `(x, t) -> s(x, t)`. log_likelihood_grad: `(x, t) -> \nabla_x log p_t(y | x)`, e.g. from
-            `classifier_gradient`. scale: gamma >= 0.
+            `classifier_gradient`. scale: gamma >= 0. interval: None (all t) or a pair t_lo < t_hi.
+    Returns:
+        `(x, t) -> s`, with `t` a `(batch,)` tensor when `interval` is given.
+    Introduced in lesson 07.
     """
     check_callable("score", score)
     check_callable("log_likelihood_grad", log_likelihood_grad)
     scale = check_nonnegative("scale", scale, " (the guidance strength gamma)")
+    if interval is not None:
+        t_lo, t_hi = check_bounds(interval, "interval")
 
     def guided(x: torch.Tensor, t) -> torch.Tensor:
-        return score(x, t) + scale * check_output("log_likelihood_grad", log_likelihood_grad(x, t), x.shape)
+        grad = check_output("log_likelihood_grad", log_likelihood_grad(x, t), x.shape)
+        if interval is None:
+            return score(x, t) + scale * grad
+        inside = check_per_sample("t", t, len(x), x)
+        gamma = torch.where((inside >= t_lo) & (inside <= t_hi), scale, 1.0)
+        return score(x, t) + append_dims(gamma, x.ndim) * grad
 
     return guided
 
@@ -106,7 +122,9 @@ def cfg_score(cond_score: Callable, uncond_score: Callable, scale: float) -> Cal
 
     Equal to s(x, t) + gamma [s(x, t | y) - s(x, t)], classifier guidance with the classifier implied by the two
     scores; gamma = 1 is the conditional score. Both callables `(x, t) -> s`, e.g. `with_label(model, y)` and
-    `with_label(model, NULL_LABEL)` of one network trained by `cfg_dsm`.
+    `with_label(model, NULL_LABEL)` of one network trained by `cfg_dsm`. Ho & Salimans' Eq. 6 writes
+    eps~ = (1 + w) eps(z, c) - w eps(z) for noise predictions eps = -sigma(t) s: the same combination with
+    gamma = 1 + w (their w = 0 is gamma = 1, the conditional score; lesson 07 checks the mapping).
     """
     check_callable("cond_score", cond_score)
     check_callable("uncond_score", uncond_score)
@@ -170,40 +188,12 @@ def cfg_dsm(
     return sde_dsm(lambda v, t: score(v, t, dropped), x, sde, weighting, eps, generator, reduction=reduction)
 
 
-def linear_inverse_sample(
-    score: Callable,
-    sde,
-    x: torch.Tensor,
-    n_steps: int,
-    A,
-    y,
-    noise_std: float,
-    *,
-    eps: float = 1e-3,
-    generator=None,
-    callback: Callable[[dict], None] | None = None,
-) -> torch.Tensor:
-    r"""Approximate posterior sampling for y = A x_0 + n, n ~ N(0, noise_std^2 I), by the reverse SDE (Song et al. 2021, App. I.4).
+#: how `linear_inverse_sample` draws y^_t along the path (see its docstring)
+Y_PATHS = ("redraw", "forward", "fixed", "none")
 
-    Applied to y with the same noise, the forward SDE gives y_t = A x_t + m(t) n, so p(y_t | x_t) =
-    N(A x_t, m(t)^2 noise_std^2 I). The approximation of the notes: \nabla log p_t(x_t | y) ~ s(x_t, t) +
-    \nabla log p(y^_t | x_t) with y^_t = m(t) y + sigma(t) A z drawn from p(y_t | y) afresh at every step. It is not
-    exact (y^_t and x_t are drawn independently given y; in the joint they are correlated); lesson 07 measures the
-    bias against `GaussianMixture.posterior`.
 
-    Discretisation: each step is the reverse-diffusion predictor with `score`, then the likelihood term's own flow
-    dx/dtau = A^T (y^_t - A x) / (m^2 noise_std^2) over the step's score coefficient b^2, solved exactly. The explicit
-    (Euler) step of that term is unstable: its stiffness b^2 / (m(t)^2 noise_std^2) reaches ~10^4 near t = T for the
-    VP SDE, and chains diverge within 100 steps. The exact flow is unconditionally stable; where the term is stiff it
-    projects A x onto y^_t (hard data consistency, Song et al. 2022), and for a selection matrix A with
-    noise_std -> 0 it is `pc_sample`'s inpainting.
-
-    Args:
-        score: `(x, t) -> s(x, t)` on `(n, D)` points. sde: a linear `SDE`. x: `(n, D)` start, e.g. `sde.prior_sample`.
-        A: `(m, D)`, rank m. y: `(m,)`. noise_std: > 0. eps: the last time.
-    Returns:
-        `(n, D)` samples. `callback` gets `{"x", "i", "t"}` after every step.
-    """
+def _inverse_problem(score, sde, x, n_steps, A, y, noise_std, eps, callback):
+    """The checks and the time grid both inverse-problem samplers share: (noise_std, A, y, (U, S, Vh), times, schedule)."""
     check_callable("score", score)
     check_tensor("x", x, min_dim=2)
     check_int("n_steps", n_steps, minimum=1)
@@ -217,10 +207,59 @@ def linear_inverse_sample(
     if len(A) > A.shape[1] or S.min() <= 1e-8 * S.max():
         raise ValueError(f"A must have full row rank (m <= D, its rows linearly independent), got shape {tuple(A.shape)}")
     eps = sde.check_eps(eps)
-    generator = as_generator(generator, x.device)
     times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
-    schedule = _Schedule(sde, times)
+    return noise_std, A, y, (U, S, Vh), times, _Schedule(sde, times)
+
+
+def linear_inverse_sample(
+    score: Callable,
+    sde,
+    x: torch.Tensor,
+    n_steps: int,
+    A,
+    y,
+    noise_std: float,
+    *,
+    y_path: str = "redraw",
+    eps: float = 1e-3,
+    generator=None,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    r"""Approximate posterior sampling for y = A x_0 + n, n ~ N(0, noise_std^2 I), by the reverse SDE (Song et al. 2021, App. I.4).
+
+    Song et al. carry y along with the forward process, y_t, and approximate \nabla log p_t(x_t | y) by
+    s(x_t, t) + \nabla log p_t(y^_t | x_t) with y^_t a sample of p(y_t | y) (their two assumptions: p(y_t | y)
+    tractable, p_t(x_t | y_t, y) ~ p_t(x_t | y_t)). For a linear measurement, the forward SDE applied to y with the
+    same noise gives y_t = A x_t + m(t) n, so p(y_t | x_t) = N(A x_t, m(t)^2 noise_std^2 I) and
+    y^_t = m(t) y + sigma(t) A z. `y_path` says how y^_t's noise z is drawn along the path:
+    "redraw" (the default): a fresh z for every particle at every step; "forward": a sample path of y_t's own forward
+    process (consecutive z correlated as the forward SDE makes them, corr(z_s, z_t) = a sigma(s) / sigma(t) for
+    x_t = a x_s + b w); "fixed": one z per particle for the whole path; "none": z = 0, y^_t = m(t) y. Lesson 07
+    measures all four against `GaussianMixture.posterior`: redrawn at every step, the noise of y^_t averages out
+    over the steps, and the samples come out as narrow along A as with "none"; "forward" removes that narrowing,
+    "fixed" overshoots it; the error in the mode weights and along A's null space stays under every choice.
+
+    Discretisation (where this differs from the paper, whose score goes into a predictor as a whole): each step is
+    the reverse-diffusion predictor with `score`, then the likelihood term's own flow
+    dx/dtau = A^T (y^_t - A x) / (m^2 noise_std^2) over the step's score coefficient b^2, solved exactly. The explicit
+    (Euler) step of that term is unstable: its stiffness b^2 / (m(t)^2 noise_std^2) reaches ~10^4 near t = T for the
+    VP SDE, and chains diverge within 100 steps. The exact flow is unconditionally stable; where the term is stiff it
+    projects A x onto y^_t (hard data consistency, Song et al. 2022), and for a selection matrix A with
+    noise_std -> 0 it is `pc_sample`'s inpainting. The split changes the discretisation, not the limit: lesson 07's
+    variance ratio is the same at 200 and 1000 steps.
+
+    Args:
+        score: `(x, t) -> s(x, t)` on `(n, D)` points. sde: a linear `SDE`. x: `(n, D)` start, e.g. `sde.prior_sample`.
+        A: `(m, D)`, rank m. y: `(m,)`. noise_std: > 0. y_path: one of `Y_PATHS`. eps: the last time.
+    Returns:
+        `(n, D)` samples. `callback` gets `{"x", "i", "t"}` after every step.
+    Introduced in lesson 07.
+    """
+    check_choice("y_path", y_path, Y_PATHS)
+    noise_std, A, y, (U, S, Vh), times, schedule = _inverse_problem(score, sde, x, n_steps, A, y, noise_std, eps, callback)
+    generator = as_generator(generator, x.device)
     x = x.detach().clone()
+    z = None if y_path in ("redraw", "none") else _randn_like(x, generator)  # y^_T's noise, kept or carried along
     guard = _FiniteGuard(n_steps, callback)
     with torch.no_grad():
         for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
@@ -231,13 +270,94 @@ def linear_inverse_sample(
             with guard.step(x, i, error):
                 x, _ = PREDICTORS["reverse_diffusion"](sde, schedule, score, x, t, t_next, _randn_like(x, generator))
             mean_scale, std = schedule.marginal(t_next)
-            y_hat = mean_scale * y + std * (_randn_like(x, generator) @ A.T)  # a draw of p(y_t | y)
-            b2 = schedule.transition(t_next, t)[1] ** 2
-            gain = -torch.expm1(-b2 * S**2 / (mean_scale * noise_std) ** 2) / S  # exact flow, in A's row space
+            a, b = schedule.transition(t_next, t)
+            if y_path == "redraw":
+                z = _randn_like(x, generator)
+            elif y_path == "forward":  # the forward path read backwards: z_next given z (an AR(1) step, variance kept)
+                rho = a * std / schedule.marginal(t)[1]
+                z = rho * z + math.sqrt(max(1 - rho * rho, 0.0)) * _randn_like(x, generator)
+            y_hat = mean_scale * y if y_path == "none" else mean_scale * y + std * (z @ A.T)  # a draw of p(y_t | y)
+            gain = -torch.expm1(-(b * b) * S**2 / (mean_scale * noise_std) ** 2) / S  # exact flow, in A's row space
             x = x + ((y_hat - x @ A.T) @ U * gain) @ Vh
             guard.check(x, i, error)
             if callback is not None:
                 callback({"x": x, "i": i, "t": t_next})
+    return x
+
+
+def dps_sample(
+    score: Callable,
+    sde,
+    x: torch.Tensor,
+    n_steps: int,
+    A,
+    y,
+    noise_std: float,
+    *,
+    zeta: float | None = None,
+    eps: float = 1e-3,
+    generator=None,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    r"""Diffusion posterior sampling (DPS, Chung et al. 2023, Alg. 1) for y = A x_0 + n, n ~ N(0, noise_std^2 I).
+
+    DPS approximates p_t(y | x_t) = E[p(y | x_0) | x_t] by p(y | x^_0) at the posterior mean
+    x^_0 = E[x_0 | x_t] = (x_t + sigma(t)^2 s(x_t, t)) / m(t) (Tweedie), so
+    \nabla log p_t(x_t | y) ~ s(x_t, t) - \nabla_{x_t} ||y - A x^_0(x_t)||^2 / (2 noise_std^2), the gradient taken
+    through the score by autograd. Each step: the reverse-diffusion predictor with `score` from x_i, then
+    x <- x - zeta_i \nabla_{x_i} ||y - A x^_0(x_i)||^2. With `zeta=None`, zeta_i = b_i^2 / (2 noise_std^2) (b_i^2 the
+    step's score coefficient): the step that the approximation itself gives, i.e. the guided score above in the
+    same predictor. With a number zeta', zeta_i = zeta' / ||y - A x^_0(x_i)|| per particle: the step of the paper's
+    experiments, whose zeta' is tuned per task and does not involve noise_std (lesson 07 measures both).
+    Differences from the paper's Algorithm 1: the reverse-diffusion predictor instead of the DDPM ancestral step (two
+    discretisations of one reverse SDE), for any linear SDE; as there, the result is x^_0 at the last time `eps`.
+    The step is explicit: it needs b_i^2 ||A J||^2 / noise_std^2 < 2 (J = dx^_0 / dx_t), so a small noise_std needs
+    more steps; non-finite particles raise `DivergenceError`.
+
+    Args:
+        score: `(x, t) -> s(x, t)` on `(n, D)` points, differentiable in x. sde: a linear `SDE`. x: `(n, D)` start,
+            e.g. `sde.prior_sample`. A: `(m, D)`, rank m. y: `(m,)`. noise_std: > 0. zeta: None or zeta' > 0.
+            eps: the last time.
+    Returns:
+        `(n, D)` samples. `callback` gets `{"x", "i", "t"}` after every step.
+    Introduced in lesson 07.
+    """
+    if zeta is not None:
+        zeta = check_positive("zeta", zeta, allow_tensor=False)
+    noise_std, A, y, _, times, schedule = _inverse_problem(score, sde, x, n_steps, A, y, noise_std, eps, callback)
+    generator = as_generator(generator, x.device)
+    x = x.detach().clone()
+    guard = _FiniteGuard(n_steps, callback)
+
+    def residual_and_grad(x, t):  # y - A x^_0(x), the score at x, and the gradient of ||y - A x^_0||^2 in x
+        mean_scale, std = schedule.marginal(t)
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            s = score(x_in, _time_batch(t, x))
+            residual = y - ((x_in + std**2 * s) / mean_scale) @ A.T
+            (grad,) = torch.autograd.grad(residual.square().sum(), x_in)
+        return residual.detach(), s.detach(), grad
+
+    with torch.no_grad():
+        for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+            error = lambda steps, t_next=t_next: DivergenceError(  # noqa: E731
+                f"dps_sample's particles became non-finite {steps} (by t={t_next:.4g}): the likelihood step is explicit; "
+                f"take more steps (n_steps={n_steps}) or a smaller zeta"
+            )
+            with guard.step(x, i, error):
+                residual, s, grad = residual_and_grad(x, t)
+                x, _ = PREDICTORS["reverse_diffusion"](sde, schedule, lambda v, u, s=s: s, x, t, t_next, _randn_like(x, generator))
+                b2 = schedule.transition(t_next, t)[1] ** 2
+                if zeta is None:
+                    x = x - b2 / (2 * noise_std**2) * grad
+                else:
+                    x = x - zeta / residual.norm(dim=1, keepdim=True).clamp_min(1e-12) * grad
+            guard.check(x, i, error)
+            if callback is not None:
+                callback({"x": x, "i": i, "t": t_next})
+        mean_scale, std = schedule.marginal(times[-1])
+        x = (x + std**2 * score(x, _time_batch(times[-1], x))) / mean_scale  # x^_0 at eps
+        guard.check(x, n_steps - 1, lambda steps: DivergenceError(f"dps_sample's final x^_0 is not finite {steps}"))
     return x
 
 

@@ -60,6 +60,22 @@ def test_guidance_with_exact_classifier_at_scale_one_is_the_exact_conditional_sc
     torch.testing.assert_close(zero, LABELLED.marginal_score(sde)(x, t))
 
 
+def test_guidance_in_an_interval_scales_only_inside_it_and_is_the_conditional_score_outside():
+    vp = sl.VPSDE()
+    grad = guidance.classifier_gradient(LABELLED.marginal_class_log_prob(vp), 0)
+    prior = LABELLED.marginal_score(vp)
+    windowed = guidance.classifier_guided_score(prior, grad, 4.0, interval=(0.3, 0.5))
+    x = _points()
+    t = torch.cat([torch.full((32,), 0.4), torch.full((32,), 0.7)]).double()  # half inside, half outside
+    expected = torch.cat(
+        [guidance.classifier_guided_score(prior, grad, 4.0)(x[:32], t[:32]), LABELLED.class_mixture(0).marginal_score(vp)(x[32:], t[32:])]
+    )
+    torch.testing.assert_close(windowed(x, t), expected, rtol=1e-9, atol=1e-9)
+    for bad in [(0.5, 0.3), (0.1,), "early"]:
+        with pytest.raises((ValueError, TypeError), match="interval"):
+            guidance.classifier_guided_score(prior, grad, 4.0, interval=bad)
+
+
 def test_cfg_at_scale_one_is_the_conditional_score_and_interpolates_linearly():
     net = sl.ScoreMLP(2, hidden=16, n_layers=2, n_fourier=4, n_classes=3).double()
     x, t = _points(), torch.rand(64, dtype=torch.float64)
@@ -70,6 +86,10 @@ def test_cfg_at_scale_one_is_the_conditional_score_and_interpolates_linearly():
     expected = net(x, t, -1) + gamma * (net(x, t, 2) - net(x, t, -1))
     torch.testing.assert_close(guidance.cfg_score(cond, uncond, gamma)(x, t), expected)
     assert not torch.allclose(net(x, t, 0), net(x, t, 1))  # the label reaches the output
+    # Ho & Salimans' Eq. 6 on noise predictions eps = -sigma(t) s: (1 + w) eps(x, y) - w eps(x) is gamma = 1 + w
+    w, sigma = 2.5, sl.VPSDE().marginal_coeffs(t)[1][:, None]
+    eps_guided = (1 + w) * (-sigma * net(x, t, 2)) - w * (-sigma * net(x, t, -1))
+    torch.testing.assert_close(guidance.cfg_score(cond, uncond, 1 + w)(x, t), -eps_guided / sigma)
 
 
 def test_label_dropout_rate_and_cfg_loss_trains_both_heads():
@@ -197,6 +217,123 @@ def test_explicit_likelihood_step_diverges_where_the_exact_flow_does_not():
     with pytest.raises(sampling.DivergenceError):
         sampling.pc_sample(explicit, vp, x_T, 200, corrector=None, generator=12)
     assert torch.isfinite(guidance.linear_inverse_sample(prior_score, vp, x_T, 200, A, y, noise_std, generator=12)).all()
+
+
+@pytest.mark.parametrize("y_path", guidance.Y_PATHS)
+def test_y_path_draws_the_noisy_measurement_as_its_docstring_says(y_path):
+    """With A = I and a tiny noise_std the likelihood flow projects x onto y^_t, so the particles after each step are
+    y^_t itself: its mean m(t) y and spread sigma(t) at every step, and the correlation of consecutive steps' noise,
+    0 (redraw), a sigma(s) / sigma(t) (the forward SDE's, for x_t = a x_s + b w), or 1 (fixed). Tolerances: 4
+    standard errors of a mean, a variance and a correlation of n draws."""
+    vp, n, y = sl.VPSDE(), 4000, torch.tensor([0.7], dtype=torch.float64)
+    one_d = sl.GaussianMixture([1.0], [[0.0]], [[[1.0]]], dtype=torch.float64)
+    kept = []
+    x_T = vp.prior_sample((n, 1), generator=17, dtype=torch.float64)
+    guidance.linear_inverse_sample(
+        one_d.marginal_score(vp),
+        vp,
+        x_T,
+        10,
+        [[1.0]],
+        y,
+        1e-9,
+        y_path=y_path,
+        generator=18,
+        callback=lambda d: kept.append((d["t"], d["x"][:, 0].clone())),
+    )
+    (s, x_s), (t, x_t) = kept[3], kept[2]  # s < t: consecutive steps
+    s, t = torch.tensor(s, dtype=torch.float64), torch.tensor(t, dtype=torch.float64)
+    m_s, sigma_s = (c.item() for c in vp.marginal_coeffs(s))
+    sigma_t = vp.marginal_coeffs(t)[1].item()
+    assert abs(x_s.mean() - m_s * y) < 4 * max(sigma_s, 1e-12) / math.sqrt(n) + 1e-12
+    if y_path == "none":
+        torch.testing.assert_close(x_s, torch.full_like(x_s, m_s * y.item()))
+        return
+    assert abs(x_s.std() / sigma_s - 1) < 4 / math.sqrt(2 * n)
+    a = vp.transition_coeffs(s, t)[0].item()
+    rho = {"redraw": 0.0, "forward": a * sigma_s / sigma_t, "fixed": 1.0}[y_path]
+    corr = torch.corrcoef(torch.stack([x_s, x_t]))[0, 1].item()
+    assert abs(corr - rho) < 4 * (1 - rho**2) / math.sqrt(n) + 1e-9, (corr, rho)
+
+
+def test_redrawn_measurement_noise_narrows_the_samples_as_no_noise_does():
+    """Lesson 07's mechanism on a second prior, a correlated Gaussian: y^_t redrawn at every step gives the variance
+    along A of y^_t = m(t) y (no noise), within 4 standard errors; a forward path of y^_t gives more, one z per
+    particle more still."""
+    vp = sl.VPSDE()
+    prior = sl.GaussianMixture([1.0], [[0.0, 0.0]], [[[1.0, 0.6], [0.6, 1.0]]], dtype=torch.float64)
+    A, y = torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([1.5], dtype=torch.float64)
+    x_T, n = vp.prior_sample((8000, 2), generator=19, dtype=torch.float64), 8000
+    var = {
+        path: guidance.linear_inverse_sample(prior.marginal_score(vp), vp, x_T, 100, A, y, 0.5, y_path=path, generator=20)[:, 0]
+        .var()
+        .item()
+        for path in guidance.Y_PATHS
+    }
+    se = var["redraw"] * math.sqrt(2 / n)  # the standard error of a variance of n Gaussian draws
+    assert abs(var["redraw"] - var["none"]) < 4 * math.sqrt(2) * se, var
+    assert var["none"] + 10 * se < var["forward"] < var["fixed"] - 10 * se, var
+
+
+def test_dps_step_is_chung_et_al_algorithm_1_with_the_likelihood_step_or_their_normalised_one():
+    """One DPS step by hand for a Gaussian prior, where x^_0 = E[x_0 | x_t] and its Jacobian are linear: the
+    reverse-diffusion predictor, then x <- x - zeta_i grad ||y - A x^_0(x_i)||^2 with zeta_i = b^2 / (2 noise_std^2)
+    or zeta' / ||y - A x^_0||, and x^_0 of the result at eps."""
+    vp = sl.VPSDE()
+    cov = torch.tensor([[1.0, 0.6], [0.6, 1.0]], dtype=torch.float64)
+    prior = sl.GaussianMixture([1.0], [[0.5, -0.2]], cov[None], dtype=torch.float64)
+    A, y, noise_std = torch.tensor([[1.0, 1.0]], dtype=torch.float64), torch.tensor([0.8], dtype=torch.float64), 0.3
+    x = vp.prior_sample((64, 2), generator=21, dtype=torch.float64)
+    t, eps = 1.0, 0.5  # one step from T to eps
+    (m_t, sigma_t), (m_e, sigma_e) = ((c.item() for c in vp.marginal_coeffs(torch.tensor(v, dtype=torch.float64))) for v in (t, eps))
+    a, b = (c.item() for c in vp.transition_coeffs(torch.tensor(eps, dtype=torch.float64), torch.tensor(t, dtype=torch.float64)))
+    mean = prior.means[0]
+
+    def x0_hat(v, m, sigma):  # E[x_0 | x_t = v] = mu + Sigma m (m^2 Sigma + sigma^2 I)^-1 (v - m mu)
+        gain = cov @ torch.linalg.inv(m**2 * cov + sigma**2 * torch.eye(2, dtype=torch.float64)) * m
+        return mean + (v - m * mean) @ gain.T, gain
+
+    for zeta in (None, 0.2):
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+        score = prior.marginal_score(vp)(x, torch.full((64,), t, dtype=torch.float64))
+        x0, gain = x0_hat(x, m_t, sigma_t)
+        residual = y - x0 @ A.T
+        grad = -2 * residual @ A @ gain  # grad ||y - A x^_0(x)||^2
+        step = b**2 / (2 * noise_std**2) if zeta is None else zeta / residual.norm(dim=1, keepdim=True)
+        moved = (2 - a) * x + b**2 * score + b * z - step * grad
+        expected = x0_hat(moved, m_e, sigma_e)[0]
+        got = guidance.dps_sample(prior.marginal_score(vp), vp, x, 1, A, y, noise_std, zeta=zeta, eps=eps, generator=22)
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_dps_weighs_the_measurement_by_its_noise():
+    """A very noisy measurement barely moves DPS's samples from the prior's; an informative one moves their mean along
+    A most of the way to the exact posterior's (the approximation's bias is lesson 07's subject)."""
+    vp, score = sl.VPSDE(), LABELLED.marginal_score(sl.VPSDE())
+    A, y = torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([2.2], dtype=torch.float64)
+    x_T = vp.prior_sample((4000, 2), generator=23, dtype=torch.float64)
+    prior_mean = (LABELLED.weights[:, None] * LABELLED.means).sum(0)[0]
+    spread = LABELLED.sample(4000, generator=24)[:, 0].std() / math.sqrt(4000)
+    vague = guidance.dps_sample(score, vp, x_T, 50, A, y, 100.0, generator=25)
+    assert abs(vague[:, 0].mean() - prior_mean) < 4 * math.sqrt(2) * spread
+    post = LABELLED.posterior(A, y, 0.5)
+    post_mean = (post.weights[:, None] * post.means).sum(0)[0]
+    sharp = guidance.dps_sample(score, vp, x_T, 50, A, y, 0.5, generator=25)
+    assert abs(sharp[:, 0].mean() - post_mean) < 0.25 * abs(prior_mean - post_mean)
+
+
+def test_inverse_samplers_refuse_bad_options():
+    vp, score = sl.VPSDE(), LABELLED.marginal_score(sl.VPSDE())
+    x_T = vp.prior_sample((8, 2), generator=26, dtype=torch.float64)
+    with pytest.raises(ValueError, match="y_path"):
+        guidance.linear_inverse_sample(score, vp, x_T, 5, [[1.0, 0.0]], [1.0], 0.5, y_path="sometimes")
+    for zeta in (-1.0, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="zeta"):
+            guidance.dps_sample(score, vp, x_T, 5, [[1.0, 0.0]], [1.0], 0.5, zeta=zeta)
+    with pytest.raises(ValueError, match="noise_std"):
+        guidance.dps_sample(score, vp, x_T, 5, [[1.0, 0.0]], [1.0], -0.5)
+    with pytest.raises(sampling.DivergenceError, match="dps_sample"):  # an explicit step far too long
+        guidance.dps_sample(score, vp, x_T, 50, [[1.0, 0.0]], [1.0], 1e-4, generator=27)
 
 
 def test_score_in_an_orthonormal_basis_is_the_score_of_the_rotated_mixture():
