@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import integrate, stats
 
 from scorelab import OUSDE, GaussianMixture, bounds, metrics, sampling
 from scorelab.metrics import _cell_masses, gaussian_kl, gaussian_tv, kl_monte_carlo, tv_grid, tv_monte_carlo
@@ -391,3 +391,29 @@ def test_curvature_range_of_a_gaussian_and_of_a_mixture():
     lowest, highest = bounds.score_curvature_range(MIX_1D, OUSDE(5.0))
     assert lowest >= -4.0 - 1e-9  # the first term of the Hessian: at least minus the largest precision
     assert highest > 4.0 and bounds.score_lipschitz(MIX_1D, OUSDE(5.0)) == highest  # L comes from the convex part
+
+
+def _gaussian_path_kl(mu, s2, T, h):
+    """Girsanov's sum for q = N(mu, s2) in closed form: with the linear score -(x - m_u) / v_u, the difference of the
+    scores at forward times u and u + delta has variance 1/v_{u+delta} + 1/v_u - 2 e^{-delta} / v_{u+delta}."""
+    v = lambda u: s2 * math.exp(-2 * u) + 1 - math.exp(-2 * u)  # noqa: E731
+    total = 0.0
+    for k in range(round(T / h)):
+        frozen = T - k * h
+        total += integrate.quad(lambda d, f=frozen: 1 / v(f) + 1 / v(f - d) - 2 * math.exp(-d) / v(f), 0, h)[0]
+    return total
+
+
+@pytest.mark.parametrize("h", [0.2, 0.05])
+def test_discretisation_path_kl_of_a_gaussian_is_the_closed_form(h):
+    g = GaussianMixture([1.0], [[0.5]], [0.2], dtype=torch.float64)
+    estimate = bounds.discretisation_path_kl(g, 2.0, h, n=4000, generator=0)
+    assert abs(estimate.value - _gaussian_path_kl(0.5, 0.2, 2.0, h)) < 4 * estimate.se
+
+
+def test_discretisation_path_kl_is_first_order_in_h_for_a_mixture():
+    kl = [bounds.discretisation_path_kl(MIX_1D, 2.0, h, n=1000, generator=1) for h in (0.1, 0.05, 0.025)]
+    ratios = [kl[0].value / kl[1].value, kl[1].value / kl[2].value]
+    assert all(1.8 < r < 2.2 for r in ratios)  # halving h halves the KL between the paths (the TV bound's sqrt(h))
+    with pytest.raises(ValueError, match="whole number"):
+        bounds.discretisation_path_kl(MIX_1D, 1.0, 0.3)
