@@ -2,14 +2,17 @@
 
     scorelab train --config shapes-vp --steps 200                       # a laptop, a minute
     scorelab train --config mnist-vp --data ~/data/mnist --out runs/mnist
+    scorelab train --out runs/mnist --resume --steps 200000              # continue it, its stored settings
+    scorelab train --config runs/mnist/config.json --data ~/data/mnist --out runs/mnist-2   # a saved run's settings
     torchrun --nproc_per_node=4 -m scorelab train --config cifar10-vp --data ~/data/cifar10
     scorelab sample --ckpt runs/mnist/checkpoint.pt --sampler pc --n 64 --out grid.png
-    scorelab sample --ckpt runs/mnist/checkpoint.pt --inpaint --n 8 --out inpainted.png
+    scorelab sample --ckpt runs/mnist/checkpoint.pt --n 10000 --npz samples.npz --out grid.png   # in batches
+    scorelab sample --ckpt runs/mnist/checkpoint.pt --inpaint --data ~/data/mnist --n 8 --out inpainted.png
     scorelab classifier --config mnist --data ~/data/mnist --out runs/mnist-classifier   # for classifier-FID
     scorelab train --config mnist-vp --data ~/data/mnist classifier=runs/mnist-classifier/classifier.pt fid_every=1000
 
 Every option of a run is a field of `RunConfig` (typed, one comment each). `--config NAME` starts from a preset
-of `CONFIGS`; `key=value` arguments override fields: a `RunConfig` field (`sde=ve`, `unet=tiny`), a
+of `CONFIGS` (or a run's saved `config.json`); `key=value` arguments override fields: a `RunConfig` field (`sde=ve`, `unet=tiny`), a
 `TrainConfig` field (`lr=2e-4`, `precision=fp32`), or a U-Net field (`unet.base_channels=32`). Tuples are
 comma-separated (`shape_weights=0.25,0.25,0.25,0.25`). The same code as the lessons does the work:
 `losses.sde_dsm`, `train.fit`, `sampling.pc_sample` / `ode_sample`, `nets.UNet`. Introduced in lesson 09.
@@ -26,12 +29,15 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from . import datasets, losses, metrics, sampling
-from ._checks import check_choice, check_int, check_positive
+from ._checks import append_dims, check_choice, check_int, check_positive
 from .nets import EMA, UNET_PRESETS, ImageClassifier, UNet, UNetConfig
+from .noise import sigma_max_from_data
 from .sde import VESDE, VPSDE, SubVPSDE, condition_on_std
 from .train import (
     CHECKPOINT_FORMAT,
@@ -41,6 +47,7 @@ from .train import (
     fit,
     init_distributed,
     load_checkpoint,
+    progress_options,
     resolve_device,
     save_checkpoint,
 )
@@ -59,10 +66,11 @@ DATASETS = ("shapes", *datasets.IMAGE_DATASETS)
 class RunConfig:
     dataset: str = "shapes"  # "shapes" (procedural, no files), "mnist", "fashion_mnist" or "cifar10" (files in --data)
     split: str = "train"  # split of a file dataset to train on ("test" for the 10 000 MNIST test digits)
-    holdout: int = 1000  # the last images of the split are never trained on: `sample --inpaint` fills them in
+    holdout: int = 1000  # the last images of the split are never trained on (0: train on all): `sample --inpaint` fills them in
     image_size: int = 16  # shapes only: side in pixels
     shape_weights: tuple[float, ...] = (0.4, 0.4, 0.1, 0.1)  # shapes only: class balance over datasets.SHAPES
     n_images: int = 20_000  # shapes only: training images drawn (plus the holdout)
+    random_flip: bool = False  # mirror each training image left-right with probability 1/2 (CIFAR-10, as score_sde)
     sde: str = "vp"  # "vp", "subvp" or "ve"
     beta_min: float = 0.1  # VP and sub-VP: beta(t) from beta_min to beta_max
     beta_max: float = 20.0
@@ -84,7 +92,7 @@ class RunConfig:
         check_choice("sde", self.sde, SDES)
         VESDE(self.sigma_min, self.sigma_max), VPSDE(self.beta_min, self.beta_max)  # every schedule's own checks
         check_choice("split", self.split, datasets.IDX_FILES)
-        check_int("holdout", self.holdout, minimum=1)
+        check_int("holdout", self.holdout, minimum=0)
         check_int("image_size", self.image_size, minimum=8)
         if len(self.shape_weights) != len(datasets.SHAPES) or not all(w >= 0 for w in self.shape_weights) or not any(self.shape_weights):
             raise ValueError(f"shape_weights must be {len(datasets.SHAPES)} weights >= 0 for {datasets.SHAPES}, got {self.shape_weights}")
@@ -96,6 +104,8 @@ class RunConfig:
         check_int("sample_steps", self.sample_steps, minimum=1)
         check_int("fid_every", self.fid_every, minimum=0)
         check_int("fid_samples", self.fid_samples, minimum=2)
+        if self.classifier is not None and self.holdout < 2:
+            raise ValueError(f"classifier-FID compares samples with the holdout images: holdout must be >= 2, got {self.holdout}")
 
 
 def _shapes_config(sde: str, **changes) -> RunConfig:
@@ -124,13 +134,21 @@ CONFIGS = {
         f"{name}-{sde}": RunConfig(
             dataset=name,
             sde=sde,
+            sigma_max=sigma_max,
+            random_flip=name == "cifar10",
             unet=UNET_PRESETS[name],
             train=_gpu_train(steps, warmup, every),
             ema_decay=0.9999,
             sample_every=5000,
             sample_steps=1000,
         )
-        for name, steps, warmup, every in (("mnist", 100_000, 1000, 5000), ("cifar10", 800_000, 5000, 10_000))
+        # sigma_max (VE): Song & Ermon 2020's Technique 1, about the largest distance between two training images in
+        # [-1, 1]: 31.9 over the 10 000 MNIST test digits (50 leaves room); CIFAR-10's 50 in score_sde is for [0, 1]
+        # pixels, twice that here, under the bound 2 sqrt(3072) = 111. `train` checks it against a sample of the data.
+        for name, steps, warmup, every, sigma_max in (
+            ("mnist", 100_000, 1000, 5000, 50.0),
+            ("cifar10", 800_000, 5000, 10_000, 100.0),
+        )
         for sde in ("vp", "ve")
     },
 }
@@ -184,15 +202,16 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
 # --- data, model, samples --------------------------------------------------------------------------------------
 
 
-def load_images(config: RunConfig, data_dir) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(pixels, labels)` of the whole split, training images first and the `holdout` images last."""
+def load_images(config: RunConfig, data_dir, *, download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(pixels, labels)` of the whole split, training images first and the `holdout` images last; with `download`,
+    missing files are fetched by torchvision into `data_dir` first."""
     if config.dataset == "shapes":
         return datasets.shapes(
             config.n_images + config.holdout, config.image_size, weights=config.shape_weights, generator=config.train.seed
         )
     if data_dir is None:
         raise ValueError(f"dataset {config.dataset!r} reads files: pass --data FOLDER (see scorelab.datasets for the files expected)")
-    pixels, labels = datasets.IMAGE_DATASETS[config.dataset](data_dir, config.split)
+    pixels, labels = datasets.IMAGE_DATASETS[config.dataset](data_dir, config.split, download=download)
     if config.holdout >= len(pixels):
         raise ValueError(f"holdout={config.holdout} leaves nothing to train on: the {config.split} split has {len(pixels)} images")
     return pixels, labels
@@ -203,19 +222,45 @@ def build_model(config: RunConfig, channels: int) -> UNet:
     return UNet(replace(config.unet, channels=channels))
 
 
+def _from_plain(cls, values: dict):
+    """A config dataclass from plain data (a checkpoint's or a JSON file's): lists become the tuples the fields expect."""
+    kinds = typing.get_type_hints(cls)
+    return cls(**{k: tuple(v) if isinstance(v, list) and typing.get_origin(kinds.get(k)) is tuple else v for k, v in values.items()})
+
+
+def run_config_from_dict(stored, source) -> RunConfig:
+    """The `RunConfig` that `dataclasses.asdict` turned into `stored` (a checkpoint's metadata, a `config.json`)."""
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{source} was not written by `scorelab train` (it holds no run configuration)")
+    try:
+        return _from_plain(
+            RunConfig,
+            {**{k: v for k, v in stored.items() if k not in ("unet", "train")},
+             "unet": _from_plain(UNetConfig, stored["unet"]), "train": _from_plain(TrainConfig, stored["train"])},
+        )  # fmt: skip
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{source} holds a run configuration this version cannot read ({err})") from None
+
+
 def run_config_from(state: dict, path) -> RunConfig:
     """The `RunConfig` stored in a checkpoint written by `scorelab train`."""
-    stored = (state.get("metadata") or {}).get("run")
-    if not isinstance(stored, dict):
-        raise CheckpointError(f"{path} was not written by `scorelab train` (it holds no run configuration)")
-    try:
-        return RunConfig(
-            **{k: v for k, v in stored.items() if k not in ("unet", "train")},
-            unet=UNetConfig(**stored["unet"]),
-            train=TrainConfig(**stored["train"]),
-        )
-    except (TypeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{path} holds a run configuration this version cannot read ({err})") from None
+    return run_config_from_dict((state.get("metadata") or {}).get("run"), path)
+
+
+def base_config(name: str) -> RunConfig:
+    """`--config NAME`: a preset of `CONFIGS`, or the `config.json` a run wrote."""
+    if name in CONFIGS:
+        return CONFIGS[name]
+    if name.endswith(".json"):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {name}: no such file")
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config {name} is not JSON ({err})") from None
+        return run_config_from_dict(stored, path)
+    raise ValueError(f"--config must be one of {', '.join(sorted(CONFIGS))}, or a run's config.json; got {name!r}")
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -228,37 +273,96 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def draw_samples(model: UNet, config: RunConfig, shape, device, *, sampler: str = "pc", generator: int = 0, **options):
-    """Images of `shape` `(n, C, H, W)` from `model` by `pc_sample` or `ode_sample`; `(images, nfe or None)`."""
+def draw_samples(model: UNet, config: RunConfig, shape, device, *, sampler: str = "pc", generator=0, **options):
+    """Images of `shape` `(n, C, H, W)` from `model` by `pc_sample` (`n_steps` defaults to the run's `sample_steps`)
+    or `ode_sample`; `(images, nfe or None)`. `generator` (a seed or a `torch.Generator` on `device`) draws the start
+    and then the sampler's noise."""
     sde = SDES[config.sde](config)
     score = condition_on_std(model, sde)
-    x_T = sde.prior_sample(tuple(shape), generator=torch.Generator(device).manual_seed(generator), device=device)
+    generator = generator if isinstance(generator, torch.Generator) else torch.Generator(device).manual_seed(generator)
+    x_T = sde.prior_sample(tuple(shape), generator=generator, device=device)
     if sampler == "ode":
         return sampling.ode_sample(score, sde, x_T, return_nfe=True, **options)
-    return sampling.pc_sample(score, sde, x_T, generator=torch.Generator(device).manual_seed(generator + 1), **options), None
+    options.setdefault("n_steps", config.sample_steps)
+    return sampling.pc_sample(score, sde, x_T, generator=generator, **options), None
 
 
 # --- the two commands -------------------------------------------------------------------------------------------
 
 
+#: what a resumed run may change: its length, how it reports, where it runs; never the data, the model or the optimiser
+RESUMABLE = ("train.n_steps", "train.progress", "train.log_every", "train.checkpoint_every", "train.device",
+             "sample_every", "n_samples", "sample_steps", "classifier", "fid_every", "fid_samples")  # fmt: skip
+
+
+def _resumed_config(args, checkpoint: Path, overrides: list[str]) -> tuple[RunConfig, dict]:
+    """`--resume`: the checkpoint's configuration with this call's overrides, and its metadata."""
+    if not checkpoint.exists():
+        raise ValueError(f"--resume: there is no {checkpoint} to resume")
+    state = load_checkpoint(checkpoint)
+    stored = run_config_from(state, checkpoint)
+    metadata = state["metadata"]
+    if args.config and metadata.get("preset") and args.config != metadata["preset"]:
+        raise ValueError(f"--resume: {checkpoint} was started with --config {metadata['preset']}, not {args.config}")
+    config = apply_overrides(stored, overrides)
+    changed = [d for d in _differences(asdict(stored), asdict(config)) if not d.startswith(RESUMABLE)]
+    if changed:
+        raise CheckpointError(f"--resume continues {checkpoint} as it was configured; these cannot change: {'; '.join(changed)}")
+    return config, metadata
+
+
+def _keep_log_until(path: Path, step: int) -> None:
+    """Drop the log records of steps after `step`: a resumed run repeats them from its checkpoint."""
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(line for line in lines if json.loads(line)["step"] <= step))
+
+
+def _flipped_batches(images: torch.Tensor):
+    """A sampler `(n, generator=)` of training batches, each image mirrored left-right with probability 1/2."""
+
+    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
+        batch = images[torch.randint(len(images), (n,), generator=generator, device=images.device)]
+        flip = torch.rand(n, generator=generator, device=images.device) < 0.5
+        return torch.where(append_dims(flip, batch.ndim), batch.flip(-1), batch)
+
+    return draw
+
+
+def _check_sigma_max(config: RunConfig, images: torch.Tensor, generator: int) -> None:
+    """Warn when a VE run's sigma_max is below the largest distance between two of 2000 training images
+    (Song & Ermon 2020, Technique 1: sigma_max should be about the largest distance over all of them)."""
+    if config.sde != "ve":
+        return
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(generator))[:2000]
+    largest = sigma_max_from_data(images[pick])
+    if config.sigma_max < largest:
+        print(f"warning: sigma_max={config.sigma_max} is below {largest:.1f}, the largest distance between two of "
+              f"{len(pick)} training images: the prior will not cover the data (Technique 1)", file=sys.stderr)  # fmt: skip
+
+
 def train_command(args) -> Path:
-    config = apply_overrides(CONFIGS[args.config], _shorthands(args) + args.overrides)
-    device = resolve_device(config.train.device or "auto")
-    rank, world = init_distributed(device)
+    overrides = _shorthands(args) + args.overrides
+    if args.out is None and (args.config is None or args.config not in CONFIGS):
+        raise ValueError("pass --out FOLDER (the default, runs/CONFIG, needs a preset name in --config)")
     out = Path(args.out or f"runs/{args.config}")
     checkpoint = out / "checkpoint.pt"
-    if checkpoint.exists() and not args.resume:
-        raise ValueError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")
-    if args.resume and not checkpoint.exists():
-        raise ValueError(f"--resume: there is no {checkpoint} to resume")
     if args.resume:
-        stored = run_config_from(load_checkpoint(checkpoint), checkpoint)
-        changed = [d for d in _differences(asdict(stored), asdict(config)) if not d.startswith(("train.n_steps", "train.progress"))]
-        if changed:
-            raise CheckpointError(f"{checkpoint} comes from another configuration: {'; '.join(changed)}")
+        config, stored = _resumed_config(args, checkpoint, overrides)
+        data_dir = args.data or stored.get("data")
+    else:
+        if args.config is None:
+            raise ValueError("pass --config (a preset or a run's config.json), or --resume to continue the run in --out")
+        if checkpoint.exists():
+            raise ValueError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")
+        config, stored, data_dir = apply_overrides(base_config(args.config), overrides), {}, args.data
+    device = resolve_device(config.train.device or "auto")
+    rank, world = init_distributed(device)
 
-    pixels, _ = load_images(config, args.data)
+    pixels, _ = load_images(config, data_dir, download=args.download)
     images = datasets.to_model_range(pixels[: len(pixels) - config.holdout])
+    if rank == 0:
+        _check_sigma_max(config, images, config.train.seed)
     torch.manual_seed(config.train.seed)
     model = build_model(config, images.shape[1])
     if images.shape[2] % model.config.downsampling or images.shape[3] % model.config.downsampling:
@@ -266,14 +370,26 @@ def train_command(args) -> Path:
     ema = EMA(model, config.ema_decay)
     sde = SDES[config.sde](config)
     image_shape = tuple(images.shape[1:])
+    n_pixels = images[0].numel()
+    data = _flipped_batches(images.to(device)) if config.random_flip else images
 
-    def loss_fn(net, batch, generator):
-        return losses.sde_dsm(condition_on_std(net, sde), batch, sde, eps=config.eps, generator=generator)
+    def loss_fn(net, batch, generator):  # per pixel, as DDPM's loss, so grad_clip=1.0 clips spikes, not every step
+        return losses.sde_dsm(condition_on_std(net, sde), batch, sde, eps=config.eps, generator=generator) / n_pixels
 
+    metadata = {
+        "run": asdict(config),
+        "image_shape": list(image_shape),
+        "preset": stored.get("preset", args.config if args.config in CONFIGS else None),
+        "data": str(Path(data_dir).resolve()) if data_dir else None,
+        "train_seconds": float(stored.get("train_seconds", 0.0)),  # the training clock, kept across resumes
+    }
+    done = len(load_checkpoint(checkpoint)["history"]) if args.resume else 0
     if rank == 0:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    log = {"time": time.perf_counter(), "step": None, "sampled": 0, "measured": 0, "train_seconds": 0.0}
+        _keep_log_until(out / "log.jsonl", done)
+    fid_every = config.fid_every or config.sample_every
+    log = {"time": time.perf_counter(), "step": None, "sampled": done // max(config.sample_every, 1), "measured": done // max(fid_every, 1)}
 
     def write_grid(step: int) -> Path:
         images, _ = draw_samples(ema.module, config, (config.n_samples, *image_shape), device, n_steps=config.sample_steps)
@@ -284,14 +400,13 @@ def train_command(args) -> Path:
     # every rank reads the classifier, so a bad path stops all of them before training; only rank 0 measures
     judge = load_classifier(config.classifier, device)[0] if config.classifier else None
     holdout = datasets.to_model_range(pixels[len(pixels) - config.holdout :]) if judge is not None else None
-    fid_every = config.fid_every or config.sample_every
 
     def measure_fid(step: int) -> dict:  # classifier-FID of EMA samples against the holdout images
         fakes, _ = draw_samples(ema.module, config, (config.fid_samples, *image_shape), device, n_steps=config.sample_steps)
         r = metrics.classifier_fid(holdout, fakes.clamp(-1, 1), judge)  # pixel range, as saved images are
         return {
             "step": step,
-            "train_seconds": log["train_seconds"],
+            "train_seconds": metadata["train_seconds"],
             "classifier_fid": r.fid,
             "mean_confidence": r.mean_confidence,
             "confident_fraction": r.confident_fraction,
@@ -301,8 +416,15 @@ def train_command(args) -> Path:
     def on_log(info: dict) -> None:  # rank 0 only: a JSON line of loss and speed, and a grid every sample_every steps
         step, now = info["i"] + 1, time.perf_counter()
         done = step - (log["step"] if log["step"] is not None else step - len(info["losses"]))
-        log["train_seconds"] += now - log["time"]
-        record = {"step": step, "loss": info["loss"], "images_per_s": done * config.train.batch_size * world / (now - log["time"])}
+        metadata["train_seconds"] += now - log["time"]
+        record = {
+            "step": step,
+            "loss": info["loss"],
+            "images_per_s": done * config.train.batch_size * world / (now - log["time"]),
+            "train_seconds": metadata["train_seconds"],
+        }
+        if "grad_norm" in info:
+            record["grad_norm"] = info["grad_norm"]  # before clipping: how often grad_clip acts
         records = [record]
         if judge is not None and fid_every and step // fid_every > log["measured"]:
             log["measured"] = step // fid_every
@@ -314,8 +436,7 @@ def train_command(args) -> Path:
             write_grid(step)
         log["time"], log["step"] = time.perf_counter(), step
 
-    metadata = {"run": asdict(config), "image_shape": list(image_shape)}
-    fit(model, loss_fn, images, config.train, ema=ema, checkpoint=checkpoint, callback=on_log, metadata=metadata)
+    fit(model, loss_fn, data, config.train, ema=ema, checkpoint=checkpoint, callback=on_log, metadata=metadata)
     if rank == 0:
         grid = write_grid(config.train.n_steps)
         print(f"checkpoint: {checkpoint}\nsamples: {grid}\nlog: {out / 'log.jsonl'}")
@@ -323,6 +444,11 @@ def train_command(args) -> Path:
 
 
 def sample_command(args) -> Path:
+    check_int("--n", args.n, minimum=1)
+    check_int("--batch-size", args.batch_size, minimum=1)
+    check_int("--grid", args.grid, minimum=1)
+    if args.steps is not None:
+        check_int("--steps", args.steps, minimum=1)
     state = load_checkpoint(args.ckpt)
     config = run_config_from(state, args.ckpt)
     device = resolve_device(args.device)
@@ -334,26 +460,42 @@ def sample_command(args) -> Path:
     except RuntimeError as err:
         raise CheckpointError(f"{args.ckpt}: the weights do not fit the stored configuration ({str(err).splitlines()[0]})") from None
     model.to(device).eval()
-    options = {"n_steps": args.steps} if args.steps else {}
+    options = {"n_steps": args.steps} if args.steps else {}  # default: the run's sample_steps, or adaptive dopri5
     if args.sampler == "pc":
         options.update(predictor=_none(args.predictor), corrector=_none(args.corrector), snr=args.snr)
     elif args.steps:
         options.update(method="euler")
+    generator = torch.Generator(device).manual_seed(args.seed)
     if args.inpaint:
-        pixels, _ = load_images(config, args.data)
-        originals = datasets.to_model_range(pixels[len(pixels) - config.holdout :][: args.n]).to(device)
         if args.sampler != "pc":
             raise ValueError("--inpaint needs --sampler pc (the probability-flow ODE has no inpainting form here)")
+        if not config.holdout:
+            raise ValueError("--inpaint fills in the run's holdout images, and this run was trained with holdout=0")
+        pixels, _ = load_images(config, args.data or state["metadata"].get("data"), download=args.download)
+        originals = datasets.to_model_range(pixels[len(pixels) - config.holdout :][: args.n]).to(device)
         mask = torch.zeros_like(originals, dtype=torch.bool)
         mask[:, :, : originals.shape[2] // 2] = True  # the upper half is known, the lower half is filled in
-        images, _ = draw_samples(model, config, originals.shape, device, generator=args.seed, mask=mask, known=originals, **options)
+        images, _ = draw_samples(model, config, originals.shape, device, generator=generator, mask=mask, known=originals, **options)
         grid = torch.cat([torch.where(mask, originals, torch.full_like(originals, -1.0)), images, originals])
         save_image_grid(grid, args.out, n_cols=len(originals))
         print(f"rows: known upper halves, inpainted, originals -> {args.out}")
         return Path(args.out)
-    images, nfe = draw_samples(model, config, (args.n, *image_shape), device, sampler=args.sampler, generator=args.seed, **options)
-    save_image_grid(images, args.out)
-    print(f"{args.n} samples ({args.sampler}{f', {nfe} score evaluations' if nfe else ''}) -> {args.out}")
+    sizes = [min(args.batch_size, args.n - start) for start in range(0, args.n, args.batch_size)]
+    batches, nfe = [], 0
+    with torch.no_grad(), tqdm(sizes, desc="sample", unit="batch", **progress_options(len(sizes) > 1)) as bar:
+        for size in bar:  # one generator for all batches: the same --seed, --n and --batch-size give the same images
+            images, batch_nfe = draw_samples(
+                model, config, (size, *image_shape), device, sampler=args.sampler, generator=generator, **options
+            )
+            batches.append(images.clamp(-1, 1).cpu())
+            nfe += batch_nfe or 0
+    images = torch.cat(batches)
+    save_image_grid(images[: args.grid], args.out)
+    if args.npz:
+        np.savez_compressed(args.npz, images=datasets.to_pixels(images).numpy(), seed=args.seed, sampler=args.sampler)
+    cost = f", {nfe / len(sizes):.0f} score evaluations a batch" if args.sampler == "ode" else ""
+    saved = f"; all {args.n} as uint8 pixels -> {args.npz}" if args.npz else ""
+    print(f"{args.n} samples ({args.sampler}{cost}), the first {min(args.grid, args.n)} -> {args.out}{saved}")
     return Path(args.out)
 
 
@@ -372,7 +514,7 @@ def classifier_command(args) -> Path:
                         log_every=50, device=args.device, progress=config.train.progress, seed=args.seed)  # fmt: skip
     config = replace(config, train=train)
     device = resolve_device(args.device)
-    pixels, labels = load_images(config, args.data)
+    pixels, labels = load_images(config, args.data, download=args.download)
     images = datasets.to_model_range(pixels)
     n_train = len(images) - config.holdout
     n_classes = int(labels.max()) + 1
@@ -421,17 +563,23 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train", help="train a U-Net with sde_dsm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    t.add_argument("--config", required=True, choices=sorted(CONFIGS), help="preset to start from")
-    t.add_argument("--data", help="folder with the dataset's standard files (not needed for shapes)")
-    t.add_argument("--out", help="run folder: checkpoint.pt, log.jsonl, samples/ (default runs/CONFIG)")
+    t.add_argument("--config", help=f"preset to start from ({', '.join(sorted(CONFIGS))}), or a run's config.json")
+    t.add_argument("--data", help="folder with the dataset's standard files (not needed for shapes; a resumed run remembers it)")
+    t.add_argument("--download", action="store_true", help="fetch missing dataset files into --data (needs torchvision)")
+    t.add_argument("--out", help="run folder: checkpoint.pt, log.jsonl, samples/, config.json (default runs/CONFIG)")
     t.add_argument("--steps", type=int, help="total optimiser steps (n_steps)")
     t.add_argument("--batch-size", type=int, help="images per step and process (batch_size)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out with its stored settings (these may change: " + ", ".join(RESUMABLE) + ")",
+    )
     t.add_argument("overrides", nargs="*", metavar="key=value", help="override any RunConfig, TrainConfig or unet.FIELD setting")
     t.set_defaults(overrides=[])
     c = sub.add_parser("classifier", help="train the small classifier that classifier-FID uses")
     c.add_argument("--config", required=True, choices=sorted(CLASSIFIER_STEPS), help="dataset (its preset's data settings)")
     c.add_argument("--data", help="folder with the dataset's standard files (not needed for shapes)")
+    c.add_argument("--download", action="store_true", help="fetch missing dataset files into --data (needs torchvision)")
     c.add_argument("--split", choices=sorted(datasets.IDX_FILES), help="split to use (default: the preset's); its last images are held out")
     c.add_argument("--out", help="folder for classifier.pt (default runs/CONFIG-classifier)")
     c.add_argument("--steps", type=int, help="optimiser steps (default per dataset)")
@@ -445,11 +593,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--predictor", choices=[str(k) for k in sampling.PREDICTORS if k] + ["none"], default="reverse_diffusion")
     s.add_argument("--corrector", choices=[str(k) for k in sampling.CORRECTORS if k] + ["none"], default="langevin")
     s.add_argument("--snr", type=float, default=0.16, help="corrector signal-to-noise ratio")
-    s.add_argument("--steps", type=int, help="PC steps (default 1000), or fixed Euler steps of the ODE (default adaptive dopri5)")
+    s.add_argument(
+        "--steps", type=int, help="PC steps (default: the run's sample_steps), or fixed Euler steps of the ODE (default adaptive dopri5)"
+    )
     s.add_argument("--n", type=int, default=64, help="number of images")
-    s.add_argument("--out", default="samples.png", help="PNG grid to write")
-    s.add_argument("--inpaint", action="store_true", help="fill in the lower half of held-out images (needs --data for files)")
-    s.add_argument("--data", help="dataset folder, for --inpaint")
+    s.add_argument("--batch-size", type=int, default=256, help="images sampled at once (--n is drawn in batches)")
+    s.add_argument("--out", default="samples.png", help="PNG grid of the first --grid images")
+    s.add_argument("--grid", type=int, default=64, help="images in the PNG grid")
+    s.add_argument("--npz", help="also write all --n images as uint8 pixels to this .npz (key 'images')")
+    s.add_argument("--inpaint", action="store_true", help="fill in the lower half of held-out images (reads the run's data folder)")
+    s.add_argument("--data", help="dataset folder, for --inpaint (default: the one the run was trained on)")
+    s.add_argument("--download", action="store_true", help="fetch missing dataset files into --data (needs torchvision)")
     s.add_argument("--weights", choices=("ema", "model"), default="ema", help="the EMA average (default) or the raw weights")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
@@ -232,10 +233,14 @@ def _load_module_state(module: torch.nn.Module, state: dict, what: str, path: Pa
 CHECKPOINT_KEYS = ("config", "model", "optimizer", "ema", "generator", "rank_generators", "world_size", "history")
 
 
-def _module_rng_seed(seed: int, rank: int) -> int:
-    """The seed of torch's own generators (what dropout draws from) on process `rank`: distinct per rank, so
-    dropout masks differ between processes, and distinct from the batch and loss-noise generators' seeds."""
-    return ((0x5EED << 40) ^ ((rank + 1) << 32) ^ seed) % (1 << 63)
+#: a run's random streams besides the shared batch generator, each seeded per process by `_stream_seed`
+STREAMS = {"loss_noise": 1, "module": 2}
+
+
+def _stream_seed(seed: int, rank: int, stream: str) -> int:
+    """The seed of one random stream of process `rank`, mixed by numpy's `SeedSequence`. Seeds that differ only
+    above bit 31 would not do: torch's CPU generator keeps the low 32 bits, so every rank would draw alike."""
+    return int(np.random.SeedSequence([seed, rank, STREAMS[stream]]).generate_state(1, np.uint64)[0])
 
 
 def _module_rng_state(device: torch.device) -> list[torch.Tensor]:
@@ -307,10 +312,11 @@ def fit(
             run's configuration, so that the checkpoint alone rebuilds the model (`scorelab sample`).
 
     Randomness: one generator seeded `config.seed` draws the batches (shared by all processes); the loss noise of a
-    single process comes from the same generator, that of rank r > 0 or of any rank of a multi-process run from its
-    own generator seeded `(r + 1) * 2**32 + seed`. What the model draws itself (dropout) comes from torch's own
-    generators, which `fit` seeds per rank from `config.seed` for the run and restores afterwards (the caller's
-    random state is left as it was). All of it is checkpointed, so resuming ends bit-identical.
+    single process comes from the same generator, that of each rank of a multi-process run from its own generator.
+    What the model draws itself (dropout) comes from torch's own generators, which `fit` seeds for the run and
+    restores afterwards (the caller's random state is left as it was). Per-rank seeds are mixed from `config.seed`
+    and the rank, so no two processes draw the same noise or dropout masks. All of it is checkpointed, so resuming
+    ends bit-identical.
 
     Returns:
         list of per-step losses (averaged over processes), resumed steps included. Raises `FloatingPointError`
@@ -344,7 +350,7 @@ def fit(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     generator = torch.Generator(device).manual_seed(config.seed)
-    noise_generator = generator if world == 1 else torch.Generator(device).manual_seed(((rank + 1) << 32) + config.seed)
+    noise_generator = generator if world == 1 else torch.Generator(device).manual_seed(_stream_seed(config.seed, rank, "loss_noise"))
     next_batch = _batch_source(data, config.batch_size, generator, rank, world, device, channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     history: list[float] = []
@@ -442,7 +448,7 @@ def fit(
         tqdm(range(len(history), config.n_steps), desc="fit", initial=len(history), total=config.n_steps, **bar_options) as bar,
     ):
         if module_rng is None:  # inside fork_rng: the run's own dropout stream, the caller's restored afterwards
-            seed = _module_rng_seed(config.seed, rank)
+            seed = _stream_seed(config.seed, rank, "module")
             module_rng = [torch.Generator().manual_seed(seed).get_state()]
             module_rng += [torch.Generator(device).manual_seed(seed).get_state()] if device.type == "cuda" else []
         _set_module_rng_state(module_rng, device)
@@ -479,9 +485,9 @@ def fit(
                     break
         else:
             stopped_by = None
+            if path is not None:  # inside fork_rng: the checkpoint holds the run's dropout stream, not the caller's
+                save()
     if stopped_by is not None:  # the handlers are restored: the signal now does what it would have done
         signal.raise_signal(stopped_by)
-    if path is not None:
-        save()
     model.eval()
     return history

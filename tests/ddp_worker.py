@@ -4,6 +4,7 @@ Writes `result.pt` (rank 0) with the parameters and loss histories of four runs:
   deterministic: 4 steps of a noise-free loss, to compare with one process on the concatenated batch;
   resumed: 4 steps with a checkpoint, then a fresh model resumed from it to 8 steps (DSM, noise per rank);
   straight: the same 8 steps without interruption.
+  dropout: the first dropout mask and loss noise each rank drew, and a dropout model resumed from 2 to 4 steps against a straight run.
 """
 
 import sys
@@ -33,6 +34,18 @@ def dsm_loss(model, x, generator):
     return losses.dsm(model, x, 0.5, generator=generator)
 
 
+def dropout_run(config: TrainConfig, checkpoint=None, masks=None):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Dropout(0.5), torch.nn.Linear(32, 2))
+
+    def loss(model, x, generator):
+        if masks is not None:  # a dropout mask drawn as the model's are, and loss noise
+            masks.append((torch.nn.functional.dropout(torch.ones(16), 0.5), torch.randn(4, generator=generator)))
+        return ((model(x) + x) ** 2).mean()
+
+    return fit(model, loss, data(), config, checkpoint=checkpoint), model.state_dict()
+
+
 def main(out: Path) -> None:
     config = TrainConfig(n_steps=4, batch_size=BATCH, lr=1e-2, progress=False, log_every=2, checkpoint_every=2)
     results = {}
@@ -44,6 +57,14 @@ def main(out: Path) -> None:
     results["resumed"] = (fit(model, dsm_loss, data(), longer, checkpoint=out / "ddp.pt"), model.state_dict())
     model = new_model()
     results["straight"] = (fit(model, dsm_loss, data(), longer), model.state_dict())
+    masks = []
+    dropout_run(config, masks=masks)
+    dropout_run(config, out / "dropout.pt")
+    every_rank = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every_rank, masks[0])
+    results["dropout_masks"] = every_rank
+    results["dropout_resumed"] = dropout_run(longer, out / "dropout.pt")
+    results["dropout_straight"] = dropout_run(longer)
     if torch.distributed.get_rank() == 0:
         torch.save(results, out / "result.pt")
     torch.distributed.barrier()  # as `scorelab` does: no rank tears the group down while another still uses it

@@ -321,7 +321,8 @@ CASES = [
     # the command line's configuration
     (lambda: cli.RunConfig(dataset="svhn"), ValueError, "dataset"),
     (lambda: cli.RunConfig(sde="edm"), ValueError, "sde"),
-    (lambda: cli.RunConfig(holdout=0), ValueError, "holdout"),
+    (lambda: cli.RunConfig(holdout=-1), ValueError, "holdout"),
+    (lambda: cli.RunConfig(holdout=1, classifier="c.pt"), ValueError, "holdout"),
     (lambda: cli.RunConfig(shape_weights=(1.0,)), ValueError, "shape_weights"),
     (lambda: cli.RunConfig(sigma_max=-1.0), ValueError, "sigma_max"),
     (lambda: cli.apply_overrides(cli.CONFIGS["shapes-vp"], ["lr=fast"]), ValueError, "lr"),

@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pickle
+import shlex
 import signal
 import struct
 import subprocess
@@ -410,6 +411,54 @@ def test_every_config_trains_a_few_steps_through_the_cli(config, tmp_path, capsy
     assert sampled.is_file()
 
 
+def documented_commands() -> dict[str, list[list[str]]]:
+    """The `scorelab` and `torchrun` lines of the README's image section and of `cli`'s docstring, in order."""
+    readme = (ROOT / "README.md").read_text().split("## Train on images", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    docstring = cli.__doc__.split("Every option", 1)[0]
+    blocks = {}
+    for name, text in (("README", readme), ("cli.py", docstring)):
+        lines = [line.split(" #", 1)[0].strip() for line in text.splitlines()]
+        blocks[name] = [shlex.split(line) for line in lines if line.startswith(("scorelab ", "torchrun "))]
+    return blocks
+
+
+def shrunk(argv: list[str], data: dict[str, str]) -> list[str]:
+    """A documented command with tiny sizes: the same command and options, only fewer steps and images."""
+    argv = argv[argv.index("scorelab") + 1 :] if argv[0] == "torchrun" else argv[1:]  # torchrun: its own test below
+    argv = [data.get(a, a) for a in argv]
+    for flag in ("--steps", "--n", "--batch-size"):
+        if flag in argv:
+            i = argv.index(flag)
+            if flag != "--n" or int(argv[i + 1]) > 64:
+                del argv[i : i + 2]
+    if argv[0] == "train":
+        steps = "3" if "--resume" in argv else "2"
+        return [*argv, "--steps", steps, "--batch-size", "4", *TINY_RUN, *(["n_images=40"] if "shapes-vp" in argv else [])]
+    if argv[0] == "classifier":
+        return [*argv, "--steps", "2", "--batch-size", "4"]
+    return [*argv, "--n", "10", "--batch-size", "4"] if "--n" not in argv else argv
+
+
+@pytest.mark.parametrize("source", ["README", "cli.py"])
+def test_every_documented_command_runs_as_written(source, tmp_path, monkeypatch, capsys):
+    """Each command a user reads, in order, with its defaults (no --steps for sampling), only smaller."""
+    fake_mnist(tmp_path / "mnist", n=1010)  # the classifier preset holds out 1000 images
+    fake_cifar10(tmp_path / "cifar10")
+    data = {"~/data/mnist": str(tmp_path / "mnist"), "~/data/cifar10": str(tmp_path / "cifar10")}
+    monkeypatch.chdir(tmp_path)
+    commands = documented_commands()[source]
+    assert any(c[1] == "sample" and "--steps" not in c for c in commands)
+    for argv in commands:
+        argv = shrunk(argv, data)
+        assert cli.main(argv) == 0, (argv, capsys.readouterr().err)
+        if argv[0] == "sample":
+            out = Path(argv[argv.index("--out") + 1])
+            assert out.is_file() and matplotlib.image.imread(out).std() > 0, argv
+        if "--npz" in argv:
+            images = np.load(argv[argv.index("--npz") + 1])["images"]
+            assert images.shape == (10, 1, 28, 28) and images.dtype == np.uint8
+
+
 def test_cli_sample_ode_and_inpaint(tmp_path, capsys):
     out = tmp_path / "run"
     assert (
@@ -442,9 +491,101 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     message = error(
         ["train", "--config", "shapes-ve", "--out", str(out), "--steps", "2", "--batch-size", "2", "n_images=8", "--resume", *TINY_RUN]
     )
-    assert "another configuration" in message and "sde: 'vp' in the checkpoint, 've' now" in message
+    assert "started with --config shapes-vp, not shapes-ve" in message
+    message = error(["train", "--out", str(out), "--resume", "sde=ve", "lr=1e-3"])
+    assert "cannot change" in message and "sde: 'vp' in the checkpoint, 've' now" in message and "train.lr" in message
+    assert "pass --config" in error(["train", "--out", str(tmp_path / "new")])
+    assert "--config must be one of" in error(["train", "--config", "shapes", "--out", str(tmp_path / "new")])
+    assert "no such file" in error(["train", "--config", str(tmp_path / "none.json"), "--out", str(tmp_path / "new")])
+    assert "pass --out" in error(["train", "--config", str(out / "config.json")])
     torch.save({"format": "scorelab-checkpoint-v1", "model": {}}, tmp_path / "other.pt")
     assert "not written by `scorelab train`" in error(["sample", "--ckpt", str(tmp_path / "other.pt")])
+
+
+def test_resume_takes_the_stored_settings_and_keeps_the_clock(tmp_path, capsys):
+    """--resume needs no override again (only what may change), the training clock and the log continue from the
+    checkpoint (records of steps after it are dropped), and a saved config.json starts a new run the same."""
+    out = tmp_path / "run"
+    first = ["train", "--config", "shapes-vp", "--out", str(out), "--steps", "4", "--batch-size", "2", "n_images=8", *TINY_RUN]
+    assert cli.main([*first, "checkpoint_every=2"]) == 0
+    with open(out / "log.jsonl", "a") as f:  # as if the run had been killed after logging step 5, before its checkpoint
+        f.write(json.dumps({"step": 5, "loss": 0.0, "train_seconds": 1e9}) + "\n")
+    stored = load_checkpoint(out / "checkpoint.pt")
+    clock = stored["metadata"]["train_seconds"]
+    assert clock > 0 and stored["metadata"]["preset"] == "shapes-vp"
+    assert cli.main(["train", "--out", str(out), "--resume", "--steps", "6"]) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    seconds = [r["train_seconds"] for r in records]
+    assert seconds == sorted(seconds) and seconds[3] == pytest.approx(clock) and seconds[-1] < 1e9
+    resumed = load_checkpoint(out / "checkpoint.pt")
+    assert len(resumed["history"]) == 6 and resumed["metadata"]["run"]["train"]["batch_size"] == 2
+    # a new run from the saved settings trains exactly as the first did
+    again = tmp_path / "again"
+    assert cli.main(["train", "--config", str(out / "config.json"), "--out", str(again), "--steps", "4", "checkpoint_every=2"]) == 0
+    assert load_checkpoint(again / "checkpoint.pt")["history"].tolist() == resumed["history"][:4].tolist()
+
+
+def test_holdout_zero_trains_on_the_whole_split(tmp_path, capsys):
+    fake_mnist(tmp_path / "mnist", n=6)
+    out = tmp_path / "run"
+    argv = ["train", "--config", "mnist-vp", "--data", str(tmp_path / "mnist"), "--out", str(out), "--steps", "1", *TINY_RUN]
+    assert cli.main([*argv, "holdout=0"]) == 0
+    assert cli.main(["sample", "--ckpt", str(out / "checkpoint.pt"), "--inpaint", "--out", str(tmp_path / "f.png")]) == 2
+    assert "holdout=0" in capsys.readouterr().err
+
+
+def test_sampling_in_batches_is_reproducible(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        cli.main(["train", "--config", "shapes-vp", "--out", str(out), "--steps", "1", "--batch-size", "2", "n_images=8", *TINY_RUN]) == 0
+    )
+    ckpt = str(out / "checkpoint.pt")
+
+    def sample(name, *extra):
+        argv = ["sample", "--ckpt", ckpt, "--n", "5", "--batch-size", "2", "--out", str(tmp_path / f"{name}.png")]
+        assert cli.main([*argv, "--npz", str(tmp_path / f"{name}.npz"), *extra]) == 0
+        return np.load(tmp_path / f"{name}.npz")["images"]
+
+    a, b, c = sample("a"), sample("b"), sample("c", "--seed", "1")
+    assert a.shape == (5, 1, 16, 16) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len({a[i].tobytes() for i in range(5)}) == 5  # every batch has its own noise
+    assert "5 samples (pc), the first 5" in capsys.readouterr().out
+
+
+def test_random_flips_mirror_half_the_batch():
+    images = torch.arange(4.0).expand(1000, 1, 2, 4).clone()  # each row reads 0 1 2 3
+    batch = cli._flipped_batches(images)(1000, torch.Generator().manual_seed(0))
+    flipped = (batch[:, 0, 0, 0] == 3).float().mean().item()
+    assert abs(flipped - 0.5) < 4 * 0.5 / math.sqrt(1000)  # a fair coin, within 4 standard errors
+    assert torch.equal(batch[batch[:, 0, 0, 0] == 3], images[:1].flip(-1).expand(int(flipped * 1000), 1, 2, 4))
+    assert cli.CONFIGS["cifar10-vp"].random_flip and not cli.CONFIGS["mnist-vp"].random_flip
+
+
+def test_image_runs_clip_a_per_pixel_loss_and_log_its_norm(tmp_path, capsys):
+    """DDPM's convention: the loss is a mean over pixels, so grad_clip=1.0 acts on outliers; the log shows the norm."""
+    fake_mnist(tmp_path / "mnist", n=12)
+    out = tmp_path / "run"
+    argv = ["train", "--config", "mnist-vp", "--data", str(tmp_path / "mnist"), "--out", str(out), "--steps", "3", *TINY_RUN]
+    assert cli.main(argv) == 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(0 < r["grad_norm"] for r in records) and all(r["loss"] < 5 for r in records)  # per pixel, O(1)
+
+
+def test_sigma_max_below_the_data_spread_is_flagged(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--config", "shapes-ve", "--out", str(out), "--steps", "1", "--batch-size", "2", "n_images=8", *TINY_RUN]
+    assert cli.main([*argv, "sigma_max=1.0"]) == 0
+    assert "sigma_max=1.0 is below" in capsys.readouterr().err
+    assert cli.main([*argv[:4], str(tmp_path / "other"), *argv[5:]]) == 0
+    assert "sigma_max" not in capsys.readouterr().err
+
+
+def test_download_flag_reaches_the_loader(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # as on a machine without it: a clear error, not a traceback
+    argv = ["train", "--config", "mnist-vp", "--data", str(tmp_path / "new"), "--out", str(tmp_path / "run"), "--download"]
+    assert cli.main(argv) == 2
+    assert "download=True needs torchvision" in capsys.readouterr().err
 
 
 def test_python_dash_m_scorelab_is_the_same_command():
@@ -481,6 +622,11 @@ def test_two_process_ddp_averages_gradients_and_resumes(tmp_path):
     # a resumed two-process run (per-rank noise generators restored) ends bit-identical to an uninterrupted one
     assert results["resumed"][0] == results["straight"][0]
     assert all(torch.equal(a, b) for a, b in zip(results["resumed"][1].values(), results["straight"][1].values()))
+    # dropout and loss noise: each rank draws its own, and a resumed run continues each rank's streams exactly
+    (mask_0, noise_0), (mask_1, noise_1) = results["dropout_masks"]
+    assert not torch.equal(mask_0, mask_1) and not torch.equal(noise_0, noise_1)
+    assert results["dropout_resumed"][0] == results["dropout_straight"][0]
+    assert all(torch.equal(a, b) for a, b in zip(results["dropout_resumed"][1].values(), results["dropout_straight"][1].values()))
 
 
 @pytest.mark.slow
