@@ -87,9 +87,8 @@ def as_score(net, sde, diffusers_net: bool):
 
 def train_rate(net, diffusers_net, sde, data, batch, steps, warmup, windows, bf16, channels_last, compiled, device):
     """Images/s of Adam steps on `sde_dsm` (median and list over `windows` timed windows) and peak memory in MiB."""
-    net = net.to(device).train()
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    # set the layout both ways: Module.to changes the network in place, so a later setting would inherit NHWC
+    net = net.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).train()
     model = torch.compile(net) if compiled else net
     score = as_score(model, sde, diffusers_net)
     opt = torch.optim.Adam(net.parameters(), lr=2e-4)

@@ -35,7 +35,7 @@ def baseline_log_prob(score, sde, x, divergence, probes, eps, rtol, atol):
         nfe += 1
         y = torch.as_tensor(state[:-n].reshape(shape), dtype=x.dtype, device=x.device).requires_grad_(True)
         with torch.enable_grad():
-            field = probability_flow_drift(sde, score, y, torch.full((n,), t, dtype=x.dtype))
+            field = probability_flow_drift(sde, score, y, torch.full((n,), t, dtype=x.dtype, device=x.device))
             div = _exact_divergence(field, y) if divergence == "exact" else _hutchinson_divergence(field, y, probes)
         return np.concatenate([field.detach().cpu().numpy().ravel(), div.detach().cpu().numpy()]).astype(np.float64)
 
@@ -47,9 +47,9 @@ def baseline_log_prob(score, sde, x, divergence, probes, eps, rtol, atol):
 
 def divergence_costs(score, sde, x, repeats: int) -> None:
     """One evaluation of div F at 1000 points by each way of computing it, checked to agree, timed in turns."""
-    t = torch.full((len(x),), 0.3, dtype=x.dtype)
+    t = torch.full((len(x),), 0.3, dtype=x.dtype, device=x.device)
     D = x[0].numel()
-    basis = torch.eye(D, dtype=x.dtype).reshape(D, 1, *x.shape[1:]).expand(D, *x.shape)
+    basis = torch.eye(D, dtype=x.dtype, device=x.device).reshape(D, 1, *x.shape[1:]).expand(D, *x.shape)
 
     def field(y):
         return probability_flow_drift(sde, score, y, t)

@@ -132,3 +132,19 @@ def test_benchmarks_run_and_report_a_ratio(script, args):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "speed-up" in result.stdout
+
+
+def test_image_bench_settings_do_not_leak_into_each_other():
+    """bench/images.py times settings in turns on one network: channels_last must not stay on for the next row."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import images as image_bench
+    import torch
+
+    from scorelab import VPSDE, UNet
+
+    net, data, cpu = UNet("tiny"), torch.zeros(8, 1, 16, 16), torch.device("cpu")
+    for channels_last in (True, False):
+        image_bench.train_rate(net, False, VPSDE(), data, 2, 1, 0, 1, False, channels_last, False, cpu)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        kernels = [p for p in net.parameters() if p.ndim == 4 and p.shape[1] > 1]  # where the two layouts differ
+        assert kernels and all(p.is_contiguous(memory_format=layout) for p in kernels)
