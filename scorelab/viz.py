@@ -26,6 +26,8 @@ ERROR_CMAP = "rocket_r"
 ENERGY_CMAP = "viridis"  # energies and other signed or log quantities: never the density's map
 FIELD_COLOR = "#d1495b"
 SAMPLE_COLOR = "#ff8c1a"  # orange: visible on the pale and on the dark end of DENSITY_CMAP
+# arrows over an ERROR_CMAP map: white with a black edge, so they stay visible on its pale and its dark end
+ARROWS_ON_ERROR = {"color": "white", "edgecolor": "black", "linewidth": 0.5}
 
 
 def use_style() -> None:
