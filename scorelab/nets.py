@@ -253,6 +253,7 @@ class UNetConfig:
     dropout: float = 0.0  # dropout inside residual blocks (DDPM uses 0.1 on CIFAR-10)
     n_fourier: int = 32  # sinusoidal features of log sigma (FourierFeatures), mapped by an MLP to 4 * base_channels
     n_heads: int = 1  # attention heads
+    embedding_activation: bool = True  # SiLU on the noise embedding before each block's projection (DDPM, score_sde)
 
     def __post_init__(self):
         check_int("channels", self.channels, minimum=1)
@@ -298,11 +299,14 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv, plus the embedding, GroupNorm-SiLU-dropout-conv; the skip added and scaled by 1/sqrt(2)."""
+    """GroupNorm-SiLU-conv, plus the projected embedding, GroupNorm-SiLU-dropout-conv; the skip added and scaled by
+    1/sqrt(2). The embedding goes through SiLU before its projection (Ho et al. 2020's `dense(nonlinearity(temb))`)
+    unless `embedding_activation` is off: then the projection composes linearly with the embedding MLP's last layer."""
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float):
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float, embedding_activation: bool = True):
         super().__init__()
         self.norm1, self.conv1 = _group_norm(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_activation = nn.SiLU() if embedding_activation else nn.Identity()
         self.emb = nn.Linear(emb_dim, out_channels)
         self.norm2, self.drop = _group_norm(out_channels), nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_channels, out_channels, 3, padding=1))
@@ -310,7 +314,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))
-        h = h + append_dims(self.emb(emb), h.ndim)
+        h = h + append_dims(self.emb(self.emb_activation(emb)), h.ndim)
         h = self.conv2(self.drop(nn.functional.silu(self.norm2(h))))
         return (self.skip(x) + h) / math.sqrt(2)
 
@@ -339,7 +343,7 @@ class _Stage(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, emb_dim: int, config: UNetConfig, attention: bool):
         super().__init__()
-        self.res = ResBlock(in_channels, out_channels, emb_dim, config.dropout)
+        self.res = ResBlock(in_channels, out_channels, emb_dim, config.dropout, config.embedding_activation)
         self.attention = SelfAttention(out_channels, config.n_heads) if attention else nn.Identity()
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,19 @@ def test_cifar10_preset_is_ddpm_sized_and_runs():
     assert sum(p.numel() for p in UNet("tiny").parameters()) < 0.5e6
 
 
+def test_noise_embedding_passes_a_nonlinearity_before_each_projection():
+    """DDPM's `dense(nonlinearity(temb))`: without it a block's projection composes linearly with the embedding MLP's
+    last layer, so its shift would be affine in that layer's output (bench/unet_ablation.py measures the difference)."""
+    from scorelab.nets import ResBlock
+
+    emb = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    for activation in (True, False):
+        block = ResBlock(4, 4, 8, 0.0, embedding_activation=activation)
+        shift = lambda e: block.emb(block.emb_activation(e)) - block.emb.bias  # noqa: E731
+        assert torch.allclose(shift(2 * emb), 2 * shift(emb)) is not activation
+    assert UNET_PRESETS["tiny"].embedding_activation
+
+
 def test_unet_dtypes_and_bad_input():
     model = UNet("tiny")
     x64 = torch.randn(2, 1, 16, 16, dtype=torch.float64)
