@@ -21,7 +21,9 @@ import ipywidgets as W
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 from PIL import Image
 
 from . import losses, noise, sampling, viz
@@ -197,9 +199,13 @@ class ScoreFieldExplorer(Explorer):
     proportional to (1 - imbalance)^k), noise level sigma, and whether to show a small
     noise-conditional network trained on the same mixture (button: train on the current
     mixture, a few seconds). Left panel: p_sigma and its exact score. Right panel: the
-    error |s_theta(x, sigma) - grad log p_sigma(x)| with the learned field on top.
+    error |s_theta(x, sigma) - grad log p_sigma(x)| with the learned field on top, on one logarithmic colour scale
+    (`ERROR_SCALE`) at every sigma and mixture, so that its colours compare across redraws; the density's colours are
+    scaled to each view's maximum (its colour bar says so), as p_sigma's peak falls over 10-fold across the sigma range.
     Used by `toy/score_field_explorer.ipynb`; lesson 01 explains what it shows.
     """
+
+    ERROR_SCALE = (0.01, 100.0)  # the error map's colour range: from well on the data to far off it at small sigma
 
     def __init__(self, bounds=(-7.0, 7.0), resolution: int = 90, n_arrows: int = 19, train_steps: int = 2000, seed: int = 0):
         check_bounds(bounds)
@@ -217,6 +223,10 @@ class ScoreFieldExplorer(Explorer):
         self.train_button.on_click(lambda _button: self.train())
         self.model: ScoreMLP | None = None
         self._trained_on = None
+        self._error_norm = LogNorm(*self.ERROR_SCALE, clip=True)  # one instance: the colour bar keeps its ticks
+        # its bar labelled with plain numbers (0.01 ... 100) and no minor ticks: the default 10^k labels are mathtext,
+        # laid out anew at every render, and 32 minor ticks are drawn each time (together ~40 ms of CPU a redraw)
+        self._error_labels = FuncFormatter(lambda value, _position: f"{value:g}")
         super().__init__([self.n_modes, self.spread, self.imbalance, self.sigma, self.show_model, self.train_button])
         self.observe(self.n_modes, self.spread, self.imbalance, self.sigma, self.show_model)
         self.redraw()
@@ -254,7 +264,12 @@ class ScoreFieldExplorer(Explorer):
         model_ready = self.model is not None and self._trained_on == self._mixture_params()
         fig, (left, right) = self.panels(self.show_model.value and model_ready, (8.4, 4.2))
         density = viz.plot_density(
-            noisy, self.bounds, self.resolution, ax=left, title=f"p_σ and its score, σ = {sigma:.3g}", colorbar="density p_σ"
+            noisy,
+            self.bounds,
+            self.resolution,
+            ax=left,
+            title=f"p_σ and its score, σ = {sigma:.3g}",
+            colorbar="density p_σ (scaled to this view's maximum)",
         )
         viz.plot_field(noisy.score, self.bounds, self.n_arrows, ax=left)
         self.data = {"density": density.get_array().data.copy()}
@@ -272,9 +287,13 @@ class ScoreFieldExplorer(Explorer):
                 ax=right,
                 density=noisy,
                 title="learned field over its error\n(blue: log p_σ = −3, −6)",
-                colorbar="|s_θ − ∇log p_σ|",
+                colorbar="|s_θ − ∇log p_σ| (log scale, the same at every σ)",
+                norm=self._error_norm,
             )
-            viz.plot_field(learned, self.bounds, self.n_arrows, ax=right, color="k")
+            if error.colorbar.formatter is not self._error_labels:  # a new bar: plain labels, no minor ticks
+                error.colorbar.formatter = self._error_labels
+                error.colorbar.minorticks_off()
+            viz.plot_field(learned, self.bounds, self.n_arrows, ax=right, **viz.ARROWS_ON_ERROR)
             fisher = fisher_divergence(learned, noisy, n=2000, generator=0)
             scale = fisher_divergence(lambda x: 0 * x, noisy, n=2000, generator=0).value  # E|grad log p_sigma|^2
             box_average = float((error.get_array().data ** 2).mean())  # the same squared error, uniform over the box

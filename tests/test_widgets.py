@@ -87,6 +87,30 @@ def test_status_says_where_the_error_is_from_its_numbers(explorer):
     assert len(sentences) > 1  # the text changes with sigma: small sigma is off-data error, sigma ~ spread is uniform
 
 
+def test_error_colours_mean_the_same_at_every_sigma(explorer):
+    """The error map keeps one logarithmic colour scale and one colour bar across redraws, while the error itself
+    spans decades between a small and a large sigma (a per-redraw scale would stretch each map to its own range);
+    the density, whose peak falls over 10-fold across the sigma range, says that its colours are scaled per view."""
+    from matplotlib.colors import LogNorm
+
+    if explorer.model is None or not explorer.show_model.value:
+        explorer.train()
+    bars, largest, peaks = set(), [], []
+    for sigma in (0.02, 2.8):
+        explorer.sigma.value = sigma
+        left, right = explorer.draw().axes[:2]
+        image = right.images[0]
+        assert isinstance(image.norm, LogNorm) and (image.norm.vmin, image.norm.vmax) == ScoreFieldExplorer.ERROR_SCALE
+        assert image.colorbar.norm is image.norm
+        bars.add(id(image.colorbar))
+        largest.append(float(explorer.data["error"].max()))
+        peaks.append(float(explorer.data["density"].max()))
+        assert "scaled to this view's maximum" in left.images[0].colorbar.ax.get_ylabel()
+    assert len(bars) == 1  # the same bar, pointed at each new map
+    assert largest[0] > 10 * largest[1]  # ...over errors decades apart
+    assert peaks[0] > 10 * peaks[1]
+
+
 def test_where_the_error_is_covers_each_case():
     assert where_the_error_is(10.0, 0.1).startswith("the error lives where p_σ is small")
     assert where_the_error_is(0.2, 0.1).startswith("the error is largest on the data")
