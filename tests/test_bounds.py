@@ -417,3 +417,17 @@ def test_discretisation_path_kl_is_first_order_in_h_for_a_mixture():
     assert all(1.8 < r < 2.2 for r in ratios)  # halving h halves the KL between the paths (the TV bound's sqrt(h))
     with pytest.raises(ValueError, match="whole number"):
         bounds.discretisation_path_kl(MIX_1D, 1.0, 0.3)
+
+
+def test_grid_tv_against_a_mixture_a_log_density_and_another_law():
+    law = bounds.grid_integrator_law(MIX_1D.marginal_score(OUSDE(2.0)), 2.0, 0.1)
+    by_mixture = bounds.grid_tv(law, MIX_1D)
+    assert by_mixture == pytest.approx(bounds.grid_tv(law, MIX_1D.log_prob), abs=1e-12)
+    x, density = law
+    q_law = (x, MIX_1D.log_prob(torch.as_tensor(x)[:, None]).exp().numpy())
+    assert bounds.grid_tv(law, q_law) == pytest.approx(by_mixture, abs=1e-12)
+    assert bounds.grid_tv(law, law) == 0.0
+    with pytest.raises(ValueError, match="same cells"):
+        bounds.grid_tv(law, (x + 0.01, density))
+    with pytest.raises(ValueError, match="law must be"):
+        bounds.grid_tv((x, density[:-1]), MIX_1D)
