@@ -419,7 +419,10 @@ def bound_terms(kl: float, L: float, m2: float, d: int, T, h, epsilon) -> dict[s
     `init` = sqrt(KL) e^{-T}, `discretisation` = (L sqrt(d h) + L m_2 h) sqrt(T), `score` = epsilon sqrt(T).
 
     Only their shapes in T, h, epsilon and d are the theorem's claim; `init / sqrt(2)` is moreover a true bound on
-    the TV that starting from N(0, I) instead of q_T costs (Pinsker, the OU log-Sobolev inequality, data processing).
+    TV(q_T, N(0, I)) (Pinsker and the OU log-Sobolev inequality), hence, by data processing, on what starting from
+    N(0, I) instead of q_T costs the output. For the output it is loose by a factor of order e^{-T}: that cost decays
+    like e^{-2 k T}, k the first non-zero Hermite mode of q, where TV(q_T, N(0, I)) decays like e^{-k T}
+    (`reverse_output_log_prob`, lesson 06).
     """
     T, h, epsilon = (np.asarray(v, dtype=np.float64) for v in (T, h, epsilon))
     return {
