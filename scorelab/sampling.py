@@ -20,7 +20,8 @@ The reverse-time SDE samplers (`pc_sample`) and the probability-flow ODE (`ode_s
 Song et al. 2021; their callbacks carry the forward time `t` instead of `sigma`, as does
 `exponential_integrator`, the discretisation of the reverse OU SDE that Chen et al. 2023 analyse.
 
-Introduced in lessons 03 (`langevin`, `mala`), 04 (`annealed_langevin`), 05 (`pc_sample`, `ode_sample`)
+Introduced in lessons 03 (`langevin`, `mala`), 04 (`annealed_langevin`, `score_on_unknown`), 05 (`pc_sample`,
+`ode_sample`)
 and 06 (`exponential_integrator`).
 """
 
@@ -242,6 +243,44 @@ def _inpainting(mask, known, x: torch.Tensor):
     return mask.expand_as(x), known.to(x.dtype).expand_as(x)
 
 
+def score_on_unknown(score: Callable, mask: torch.Tensor) -> Callable:
+    r"""A score of the unknown coordinates alone, as a score of all of x that leaves the known coordinates still.
+
+    `score(u, sigma)` takes the unknown coordinates u = x[:, ~mask], shape `(n, D_u)`; the returned
+    `(x, sigma) -> s` takes x `(n, D)` and returns s of x's shape: `score(u, sigma)` in the unknown
+    coordinates, 0 in the known ones. Given to `annealed_langevin` with the same `mask`, `known` and
+    generator as a replacement-inpainting run, it runs annealed Langevin on a conditional law (e.g.
+    `GaussianMixture.condition(mask, values).noisy_score`) fed the same random numbers step for step:
+    the paired control that separates the replacement's bias from the annealing's own.
+
+    Args:
+        score: `(u, sigma) -> grad_u log p_sigma(u)`, `(n, D_u)` in and out.
+        mask: `(D,)` bool tensor, True = known; at least one coordinate unknown.
+    Returns:
+        the score `(x, sigma) -> s` of x's shape. Introduced in lesson 04.
+    """
+    check_callable("score", score)
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.ndim != 1:
+        raise TypeError(f"mask must be a 1-D bool tensor (True = known), got {getattr(mask, 'dtype', type(mask).__name__)}")
+    if mask.all():
+        raise ValueError("mask must leave at least one coordinate unknown (False)")
+    unknown = ~mask
+    score = checked_score(score)
+
+    def full(x: torch.Tensor, sigma) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != len(mask):
+            raise ValueError(f"x must have shape (n, {len(mask)}) to match mask, got {tuple(x.shape)}")
+        s = torch.zeros_like(x)
+        s[:, unknown.to(x.device)] = score(x[:, unknown.to(x.device)], sigma)
+        return s
+
+    return full
+
+
+#: when annealed_langevin's inpainting draws the known part's noise: before every step, or once per noise level
+RENOISE = ("step", "level")
+
+
 def annealed_langevin(
     score: Callable,
     x: torch.Tensor,
@@ -252,6 +291,7 @@ def annealed_langevin(
     denoise: bool = False,
     mask: torch.Tensor | None = None,
     known: torch.Tensor | None = None,
+    renoise: str = "step",
     generator=None,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
@@ -261,12 +301,23 @@ def annealed_langevin(
     x <- x + alpha_i s(x, sigma_i) + sqrt(2 alpha_i) z. With `denoise`, a final Tweedie step
     x <- x + sigma_L^2 s(x, sigma_L) removes the last level's noise (Jolicoeur-Martineau et al. 2021).
 
-    Inpainting (Song & Ermon 2019, App. B.3): with a boolean `mask` (True = known, broadcastable
-    to x) and `known` values, the known entries are reset to known + sigma_i z at every step and
-    only the unknown ones evolve. This is an approximation, not a sampler of p(unknown | known):
-    at level i the unknown entries follow p_sigma_i(x_unknown | x_known + sigma_i z), the law given
-    a *noisy* known part, and averaging over z does not give the conditional given the clean one
-    (lesson 04 measures the bias: 0.24 instead of 0.20 for a bimodal conditional). Known fixes:
+    Inpainting: with a boolean `mask` (True = known, broadcastable to x) and `known` values, the
+    known entries are overwritten by a noisy copy y = known + sigma_i z before every step, all entries
+    take the step, and at the end the known entries are set to `known`. `renoise` says when y is drawn:
+      - "level": once per level, held for its `n_steps_each` steps. This is Song & Ermon 2019,
+        App. B.3, Alg. 2 (transcribed in Khungurn's notes, Sec. 5.2) as the authors' code runs it
+        (ermongroup/ncsn, `anneal_Langevin_dynamics_inpainting`, which also writes y_i in at the
+        start of level i; the printed algorithm writes it only after each step, so there a level's
+        first step still sees y_{i-1}: tests/test_sampling.py finds no difference in lesson 04's case).
+      - "step" (default): a fresh y before every step, as the NCSNv2 code does
+        (ermongroup/ncsnv2, `anneal_Langevin_dynamics_inpainting`) and as score_sde's PC inpainter
+        does after every predictor and corrector update (Song et al. 2021, `get_pc_inpainter`).
+    Either way this is an approximation, not a sampler of p(unknown | known): the unknown entries
+    are driven by the score of p_sigma_i at a *noisy* known part, and nothing makes the result the
+    conditional given the clean one. Lesson 04 measures the bias of both variants: in the mode
+    weights of a bimodal conditional ("level" about twice the default's), and in the mean and the
+    variance of a correlated Gaussian's conditional (both alike; none when the correlation is 0,
+    where the unknown part's score does not depend on the known part). Known fixes:
     resampling (Lugmayr et al. 2022, RePaint), a likelihood-gradient term (Chung et al. 2022), or
     sequential Monte Carlo, which is asymptotically exact (Trippe et al. 2023; Wu et al. 2023).
     When the conditional is a known mixture, sample it exactly with its own noisy score instead.
@@ -274,14 +325,17 @@ def annealed_langevin(
     Args:
         score: `(x, sigma) -> s(x, sigma)`, `sigma` a `(batch,)` tensor.
         sigmas: strictly decreasing positive levels. step_size: eps > 0 (see `noise.langevin_step_size`).
+        renoise: "step" or "level", when the known part's noise is drawn (inpainting only).
     Returns:
         the particles. `callback` gets `{"x", "i", "level", "sigma", "step_size"}` with `step_size` = alpha_i.
+    Introduced in lesson 04.
     """
     x, step_size, generator = _start(score, x, step_size, n_steps_each, generator, names=("score", "n_steps_each"))
     _check_callback(callback)
     score = checked_score(score)
     sigmas = check_sigmas(sigmas)
     mask, known = _inpainting(mask, known, x)
+    check_choice("renoise", renoise, RENOISE)
     sigma_l = sigmas[-1].item()
     i = 0
     guard = _FiniteGuard(len(sigmas) * n_steps_each, callback)
@@ -291,10 +345,12 @@ def annealed_langevin(
         # one value expanded to the batch (stride 0): a score can see that it is shared without scanning it
         sigma_batch = torch.full((1,), sigma, dtype=x.dtype, device=x.device).expand(len(x))
         error = _divergence(f"by level {level}, sigma={sigma:.3g}, alpha_i={alpha:.3g} from step_size={step_size:.3g}")
-        for _ in range(n_steps_each):
+        for step in range(n_steps_each):
             with guard.step(x, i, error), torch.no_grad():
-                if mask is not None:
-                    x = torch.where(mask, known + sigma * _randn_like(x, generator), x)
+                if mask is not None:  # the known part, noised to this level
+                    if renoise == "step" or step == 0:
+                        noisy_known = known + sigma * _randn_like(x, generator)
+                    x = torch.where(mask, noisy_known, x)
                 x = torch.add(x, score(x, sigma_batch), alpha=alpha).add_(_randn_like(x, generator), alpha=noise_scale)
             guard.check(x, i, error)
             if callback is not None:

@@ -125,6 +125,104 @@ def test_inpainting_samples_the_exact_conditional():
         assert abs(p_hat - p) < 4 * math.sqrt(p * (1 - p) / n)
 
 
+def _known_parts_seen(renoise, n_steps_each=3):
+    """The first coordinate the score sees at every step of a 2-level inpainting run, (levels * steps, n)."""
+    seen = []
+
+    def score(x, sigma):
+        seen.append(x[:, 0].clone())
+        return torch.zeros_like(x)
+
+    known = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    start = torch.zeros(20_000, 2, dtype=torch.float64)
+    x = sampling.annealed_langevin(
+        score, start, [3.0, 0.5], 0.01, n_steps_each, mask=torch.tensor([True, False]), known=known, renoise=renoise, generator=0
+    )
+    assert torch.all(x[:, 0] == 2.0)  # the known entries come back clean
+    return torch.stack(seen)
+
+
+@pytest.mark.parametrize("renoise", ["step", "level"])
+def test_inpainting_noises_the_known_part_at_the_level_once_per_step_or_once_per_level(renoise):
+    seen = _known_parts_seen(renoise)
+    for level, sigma in enumerate([3.0, 0.5]):
+        block = seen[3 * level : 3 * level + 3]
+        # each step's noisy copy is known + sigma z: mean 2, SD sigma (SE of an SD from 20 000 draws: 0.5%)
+        assert ((block.mean(1) - 2).abs() < 4 * sigma / math.sqrt(20_000)).all()
+        assert ((block.std(1) / sigma - 1).abs() < 4 / math.sqrt(2 * 20_000)).all()
+        if renoise == "level":  # Song & Ermon 2019, Alg. 2: one draw held for the level's steps
+            assert torch.equal(block[0], block[1]) and torch.equal(block[1], block[2])
+        else:  # a fresh draw before every step (NCSNv2's code)
+            assert not torch.equal(block[0], block[1]) and not torch.equal(block[1], block[2])
+    assert not torch.equal(seen[2], seen[3])  # a new level, a new draw, in both variants
+
+
+def test_inpainting_variants_differ_only_in_when_the_known_part_is_drawn():
+    # with one step per level there is nothing to hold: the two variants are the same chain, draw for draw
+    assert torch.equal(_known_parts_seen("step", 1), _known_parts_seen("level", 1))
+    with pytest.raises(ValueError, match="renoise"):
+        sampling.annealed_langevin(lambda x, s: -x, torch.zeros(4, 2), [1.0, 0.5], 0.1, 1, renoise="once")
+
+
+def _printed_algorithm_2(score, x, sigmas, step_size, n_steps_each, mask, known, generator):
+    """Song & Ermon 2019, Alg. 2 as the notes print it (Khungurn, Sec. 5.2), in this module's step convention:
+    draw y = known + sigma_i z at the start of level i; after every Langevin step, write y over the known part."""
+    sigma_l = sigmas[-1].item()
+    for sigma in sigmas.tolist():
+        alpha = step_size * sigma**2 / sigma_l**2
+        y = known + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        for _ in range(n_steps_each):
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            x = x + alpha * score(x, torch.full((len(x),), sigma, dtype=x.dtype)) + math.sqrt(2 * alpha) * z
+            x = torch.where(mask, y, x)
+    return x
+
+
+@pytest.mark.slow
+def test_level_renoise_matches_algorithm_2_as_printed():
+    # The library also writes y_i in at the start of level i (as the authors' NCSN code does); as printed, a level's
+    # first step still sees y_{i-1}. One step in 20 differs; on lesson 04's bimodal case (x1 = 0, mode weights 1/5,
+    # 4/5) the two give the same biased fraction below 0 (about 0.28, not 0.20) within sampling error.
+    mix = far_apart_mixture()
+    sigmas = noise.geometric_sigmas(20.0, 0.1, 100)
+    step = noise.langevin_step_size(sigmas, 20).step_size
+    mask, known, n = torch.tensor([True, False]), torch.zeros(2), 8000
+    start = 20 * torch.randn(n, 2, generator=torch.Generator().manual_seed(0))
+    printed = _printed_algorithm_2(mix.noisy_score, start, sigmas, step, 20, mask, known, torch.Generator().manual_seed(1))
+    library = sampling.annealed_langevin(mix.noisy_score, start, sigmas, step, 20, mask=mask, known=known, renoise="level", generator=2)
+    a, b = (printed[:, 1] < 0).double().mean().item(), (library[:, 1] < 0).double().mean().item()
+    se = math.sqrt(2 * 0.28 * 0.72 / n)  # two independent binomial fractions
+    assert abs(a - b) < 4 * se
+    assert min(a, b) - 0.2 > 4 * math.sqrt(0.2 * 0.8 / n)  # both biased: the comparison is not between two exact samplers
+
+
+def test_score_on_unknown_runs_the_conditional_chain_on_the_unknown_coordinates():
+    # independent coordinates: the conditional of x2 given x1 is x2's own law, so replacement inpainting and the
+    # conditional chain fed the same random numbers are the same chain, to rounding
+    g = GaussianMixture([1.0], [[0.0, 1.0, -1.0]], [[[1.0, 0.0, 0.0], [0.0, 2.0, 0.5], [0.0, 0.5, 1.0]]], dtype=torch.float64)
+    mask = torch.tensor([True, False, False])
+    cond = g.condition(mask, [1.5])
+    on_unknown = sampling.score_on_unknown(cond.noisy_score, mask)
+    x = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    s = on_unknown(x, torch.full((7,), 0.3, dtype=torch.float64))
+    assert torch.all(s[:, 0] == 0)
+    torch.testing.assert_close(s[:, 1:], g.noisy_score(x, 0.3)[:, 1:], rtol=1e-12, atol=1e-12)
+    sigmas = noise.geometric_sigmas(5.0, 0.1, 10)
+    known = torch.tensor([1.5, 0.0, 0.0], dtype=torch.float64)
+    for renoise in ("step", "level"):
+        replaced, conditional = (
+            sampling.annealed_langevin(score, 3 * x, sigmas, 0.01, 5, mask=mask, known=known, renoise=renoise, generator=1)
+            for score in (g.noisy_score, on_unknown)
+        )
+        torch.testing.assert_close(replaced, conditional, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="mask"):
+        sampling.score_on_unknown(cond.noisy_score, torch.tensor([1, 0, 0]))
+    with pytest.raises(ValueError, match="mask"):
+        sampling.score_on_unknown(cond.noisy_score, torch.tensor([True, True, True]))
+    with pytest.raises(ValueError, match="shape"):
+        on_unknown(torch.zeros(4, 2, dtype=torch.float64), torch.ones(4, dtype=torch.float64))
+
+
 def test_noisy_score_matches_convolve_per_sample():
     g = torch.Generator().manual_seed(0)
     a = torch.randn(3, 2, 2, generator=g, dtype=torch.float64)
