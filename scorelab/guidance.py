@@ -4,9 +4,11 @@ For a label or measurement y, p_t(x | y) \propto p_t(x) p_t(y | x), so
 
     \nabla_x log p_t(x | y) = \nabla_x log p_t(x) + \nabla_x log p_t(y | x):
 
-the unconditional score plus the input gradient of a classifier (or likelihood) of *noisy* data. Everything here
+the unconditional score plus the input gradient of a classifier (or likelihood) of *noisy* data. The guidance here
 builds such a score as a plain function `(x, t) -> s` that the samplers of `scorelab.sampling` take unchanged
-(`t` a `(batch,)` tensor of SDE times, or noise levels sigma for annealed Langevin). Inpainting lives in the
+(`t` a `(batch,)` tensor of SDE times, or noise levels sigma for annealed Langevin). For y = A x + n, whose noisy
+likelihood p_t(y | x_t) has no closed form, two approximate samplers: `linear_inverse_sample` (Song et al. 2021,
+App. I.4) and `dps_sample` (Chung et al. 2023). Inpainting lives in the
 samplers themselves (`pc_sample` / `annealed_langevin` with `mask`, `known`: True = known); colorization is
 inpainting in an orthogonal colour basis. On labelled Gaussian mixtures every one of these has an exact answer
 (`GaussianMixture.marginal_class_log_prob`, `class_mixture`, `posterior`, `tilted_log_prob`). Lesson 07.
