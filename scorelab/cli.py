@@ -126,10 +126,22 @@ def _gpu_train(n_steps: int, warmup_steps: int, checkpoint_every: int) -> TrainC
     )
 
 
-#: presets: 16x16 shapes on a CPU; MNIST and CIFAR-10 with DDPM-like settings (Ho et al. 2020; Song et al. 2021)
+def _mnist_cpu_config() -> RunConfig:
+    """MNIST digits on a 2-core laptop in about ten minutes: the 10 000 test digits (9 000 trained on, the last 1 000
+    held out), the tiny U-Net, a large learning rate with warm-up, and an EMA whose warm-up makes it usable early."""
+    train = TrainConfig(
+        n_steps=1800, batch_size=64, lr=2e-3, warmup_steps=100, grad_clip=1.0, checkpoint_every=200, log_every=25, device="auto"
+    )
+    return RunConfig(
+        dataset="mnist", split="test", sde="vp", train=train, ema_decay=0.999, sample_every=600, n_samples=64, sample_steps=100
+    )
+
+
+#: presets: 16x16 shapes and MNIST on a CPU; MNIST and CIFAR-10 with DDPM-like settings (Ho et al. 2020; Song et al. 2021)
 CONFIGS = {
     "shapes-vp": _shapes_config("vp"),
     "shapes-ve": _shapes_config("ve"),
+    "mnist-cpu": _mnist_cpu_config(),
     **{
         f"{name}-{sde}": RunConfig(
             dataset=name,

@@ -409,7 +409,7 @@ def test_architecture_mismatch_and_stale_temporaries(tmp_path):
 def test_every_config_trains_a_few_steps_through_the_cli(config, tmp_path, capsys):
     data = tmp_path / "data"
     if config.startswith("mnist"):
-        fake_mnist(data)
+        fake_mnist(data, split=cli.CONFIGS[config].split)
     elif config.startswith("cifar10"):
         fake_cifar10(data)
     extra = ["n_images=40", "image_size=16"] if config.startswith("shapes") else ["--data", str(data)]
@@ -417,7 +417,7 @@ def test_every_config_trains_a_few_steps_through_the_cli(config, tmp_path, capsy
     argv = ["train", "--config", config, "--out", str(out), "--steps", "2", "--batch-size", "4", *extra, *TINY_RUN]
     assert cli.main(argv) == 0
     state = load_checkpoint(out / "checkpoint.pt")
-    assert len(state["history"]) == 2 and state["metadata"]["run"]["sde"] == config.split("-")[1]
+    assert len(state["history"]) == 2 and state["metadata"]["run"]["sde"] == cli.CONFIGS[config].sde
     assert (out / "samples" / "step_0000002.png").is_file()
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
     sampled = tmp_path / "grid.png"
@@ -456,7 +456,8 @@ def shrunk(argv: list[str], data: dict[str, str]) -> list[str]:
 @pytest.mark.parametrize("source", ["README", "cli.py"])
 def test_every_documented_command_runs_as_written(source, tmp_path, monkeypatch, capsys):
     """Each command a user reads, in order, with its defaults (no --steps for sampling), only smaller."""
-    fake_mnist(tmp_path / "mnist", n=1010)  # the classifier preset holds out 1000 images
+    for split in ("train", "test"):  # the classifier preset holds out 1000 images
+        fake_mnist(tmp_path / "mnist", n=1010, split=split)
     fake_cifar10(tmp_path / "cifar10")
     data = {"~/data/mnist": str(tmp_path / "mnist"), "~/data/cifar10": str(tmp_path / "cifar10")}
     monkeypatch.chdir(tmp_path)
@@ -466,7 +467,7 @@ def test_every_documented_command_runs_as_written(source, tmp_path, monkeypatch,
         argv = shrunk(argv, data)
         assert cli.main(argv) == 0, (argv, capsys.readouterr().err)
         if argv[0] == "sample":
-            out = Path(argv[argv.index("--out") + 1])
+            out = Path(argv[argv.index("--out") + 1] if "--out" in argv else "samples.png")  # the default
             assert out.is_file() and matplotlib.image.imread(out).std() > 0, argv
         if "--npz" in argv:
             images = np.load(argv[argv.index("--npz") + 1])["images"]
