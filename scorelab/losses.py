@@ -12,7 +12,8 @@ so the same call serves 2-D points and images. Introduced in lesson 02.
     ncsn  multi-scale DSM, lambda(sigma) = sigma^2                               (Song & Ermon 2019, Eq. 6)
     sde_dsm  continuous-time DSM for an SDE, lambda(t) = sigma(t)^2 or g(t)^2          (Song et al. 2021, Eq. 7)
 
-and, for energy-based models, contrastive divergence (`contrastive_divergence`, `ContrastiveDivergence`, lesson 08).
+and, for energy-based models (lesson 08), contrastive divergence (`contrastive_divergence`, `ContrastiveDivergence`) and
+exact maximum likelihood with Z by quadrature on a box (`quadrature_nll`, 1-D and 2-D only).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from ._checks import (
     append_dims,
     as_generator,
+    check_bounds,
     check_callable,
     check_choice,
     check_int,
@@ -31,7 +33,7 @@ from ._checks import (
     check_probability,
     check_tensor,
 )
-from .distributions import score_from_energy
+from .distributions import _quadrature_nodes, score_from_energy
 from .sampling import langevin
 
 REDUCTIONS = ("mean", "none")
@@ -247,19 +249,61 @@ def contrastive_divergence(energy, x_data: torch.Tensor, x_model: torch.Tensor, 
     return loss
 
 
+def quadrature_nll(energy, x: torch.Tensor, bounds=(-8.0, 8.0), cells: int = 10) -> torch.Tensor:
+    r"""Exact maximum likelihood for a 1-D or 2-D energy: -mean log p_theta(x), with log Z_theta by quadrature.
+
+    -log p_theta(x) = E_theta(x) + log Z_theta, Z_theta = \int_B exp(-E_theta) over the box B = bounds^D, computed as a
+    log-sum-exp over the Gauss-Legendre nodes of `cells`^D cells (8^D nodes each) *with* gradients: its parameter
+    gradient is E_data[\nabla_theta E] - E_{p_theta}[\nabla_theta E] with the model term exact, which
+    `contrastive_divergence` estimates with chains (Hinton 2002). Only possible where a grid is (D <= 2): the
+    reference the sampling methods of lesson 08 are measured against. p_theta is normalised on B (zero outside).
+
+    Args:
+        energy: `(n, D) -> (n,)`. x: data `(n, D)`, every point inside B. bounds: `(lo, hi)`. cells: per axis.
+    Returns:
+        the scalar mean negative log-likelihood (nats per point). Introduced in lesson 08.
+    """
+    check_callable("energy", energy)
+    check_tensor("x", x, min_dim=2)
+    if x.ndim != 2 or x.shape[1] not in (1, 2):
+        raise ValueError(f"x must have shape (n, 1) or (n, 2) (a grid in more dimensions is intractable), got {tuple(x.shape)}")
+    lo, hi = check_bounds(bounds)
+    check_int("cells", cells, minimum=1)
+    if bool(((x < lo) | (x > hi)).any()):
+        raise ValueError(f"x has points outside bounds ({lo}, {hi}), where the box-normalised p_theta is 0: widen bounds")
+    nodes, weights = _quadrature_nodes(lo, hi, cells, x.shape[1])
+    e_nodes = check_output("energy", energy(nodes.to(x)), nodes.shape[:1])
+    log_z = torch.logsumexp(weights.log().to(e_nodes) - e_nodes, 0)
+    return check_output("energy", energy(x), x.shape[:1]).mean() + log_z
+
+
+#: where `ContrastiveDivergence`'s chains start: "data" (the batch itself) or a callable `(n, generator) -> (n, *dims)`
+CD_STARTS = ("data",)
+
+
 class ContrastiveDivergence:
     r"""A `fit` loss `(model, x, generator) -> loss` for an energy model: CD with SGLD chains of the model.
 
     Each call runs `n_steps` Langevin steps (`sampling.langevin`, step eps) on the current energy to get model samples,
-    then returns `contrastive_divergence`. Short-run (`persistent=False`): chains start afresh from `init` every call
-    (Nijkamp et al. 2019). Persistent (PCD, Tieleman 2008): one set of chains, as many as the batch, continues from
-    where the last call left it, a fraction `reinit` restarted from `init` each call (Du & Mordatch 2019).
+    then returns `contrastive_divergence`. Where the chains start decides which method this is:
+
+    - `init="data"`, not persistent: CD-k as Hinton (2002) defined it, every chain starts at a data point of the
+      batch and takes k = `n_steps` steps (Hinton used Gibbs sweeps of an RBM; here they are Langevin steps).
+    - `init` a callable, not persistent: short-run MCMC (Nijkamp et al. 2019), chains start afresh from `init`
+      (e.g. uniform noise) every call: non-persistent, non-convergent.
+    - `persistent=True`: persistent CD (PCD, Tieleman 2008): one set of chains, as many as the batch, continues
+      from where the last call left it; a fraction `reinit` is restarted from `init` each call (the replay buffer
+      of Du & Mordatch 2019). The first call starts every chain from `init`.
 
     Args:
-        n_steps: Langevin steps per call. step_size: eps. init: `(n, generator) -> (n, *dims)` starting points.
-        persistent, reinit, regularization: as above.
+        n_steps: Langevin steps per call. step_size: eps.
+        init: `(n, generator) -> (n, *dims)` starting points, or `"data"` (start at the batch `x`).
+        persistent, reinit, regularization: as above (`regularization` as in `contrastive_divergence`).
     Attributes:
-        chains: the persistent chains after the last call (None before, and always for short-run).
+        chains: the persistent chains after the last call (None before, and always when not persistent).
+        last_samples: the model samples of the last call, detached (the chains the last gradient used).
+
+    Introduced in lesson 08.
     """
 
     def __init__(
@@ -267,19 +311,29 @@ class ContrastiveDivergence:
     ):
         check_int("n_steps", n_steps, minimum=1)
         check_positive("step_size", step_size, allow_tensor=False)
-        check_callable("init", init)
+        if isinstance(init, str):
+            check_choice("init", init, CD_STARTS)
+        else:
+            check_callable("init", init)
         self.n_steps, self.step_size, self.init = n_steps, step_size, init
         self.persistent, self.reinit = persistent, check_probability("reinit", reinit)
         self.regularization = check_nonnegative("regularization", regularization)
         self.chains = None
+        self.last_samples = None
+
+    def _start(self, x: torch.Tensor, generator) -> torch.Tensor:
+        if isinstance(self.init, str):  # "data": Hinton's CD-k
+            return x.detach()
+        return check_output("init", self.init(len(x), generator), x.shape).to(x.dtype)
 
     def __call__(self, model, x: torch.Tensor, generator=None) -> torch.Tensor:
         generator = as_generator(generator, x.device)
-        start = check_output("init", self.init(len(x), generator), x.shape).to(x.dtype)
+        start = self._start(x, generator)
         if self.persistent and self.chains is not None and len(self.chains) == len(x):
             keep = torch.rand(len(x), generator=generator, device=x.device) >= self.reinit
             start = torch.where(append_dims(keep, x.ndim), self.chains, start)
         x_model = langevin(score_from_energy(model), start, self.step_size, self.n_steps, generator=generator)
+        self.last_samples = x_model.detach()
         if self.persistent:
-            self.chains = x_model.detach()
+            self.chains = self.last_samples
         return contrastive_divergence(model, x, x_model, regularization=self.regularization)

@@ -189,3 +189,95 @@ def test_losses_backpropagate_to_parameters(gaussian):
         model.zero_grad()
         loss.backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# --- energy-based models (lesson 08) ------------------------------------------------------------------------------
+
+
+class _GaussianEnergy1D(torch.nn.Module):
+    """E(x) = (x - mu)^2 / (2 s^2) with parameters mu and log s: the NLL and its gradient are known in closed form."""
+
+    def __init__(self, mu, log_s):
+        super().__init__()
+        self.mu = torch.nn.Parameter(torch.tensor(mu, dtype=torch.float64))
+        self.log_s = torch.nn.Parameter(torch.tensor(log_s, dtype=torch.float64))
+
+    def forward(self, x):
+        return 0.5 * ((x[:, 0] - self.mu) / self.log_s.exp()) ** 2
+
+
+class _FlatEnergy(torch.nn.Module):
+    """E = 0 (score 0): Langevin chains are pure Gaussian random walks, x + sqrt(2 eps) (z_1 + ... + z_k)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x):
+        return self.w * 0.0 * x.sum(1)
+
+
+def test_quadrature_nll_is_the_exact_nll_and_its_gradient_the_mle_gradient():
+    """For a Gaussian energy the box-normalised NLL is mean (x - mu)^2 / (2 s^2) + log(sqrt(2 pi) s) (the box holds the
+    mass to 1e-20), and its gradient (-(x_bar - mu) / s^2, 1 - mean (x - mu)^2 / s^2): the exact model term."""
+    mu, s = 0.5, 1.5
+    energy = _GaussianEnergy1D(mu, math.log(s))
+    x = 1.2 + 0.8 * torch.randn(256, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    nll = losses.quadrature_nll(energy, x, bounds=(-15.0, 15.0), cells=10)
+    nll.backward()
+    exact = ((x - mu) ** 2).mean() / (2 * s**2) + 0.5 * math.log(2 * math.pi) + math.log(s)
+    assert nll.item() == pytest.approx(exact.item(), abs=1e-10)
+    grad = torch.stack([energy.mu.grad, energy.log_s.grad])
+    exact_grad = torch.stack([-(x.mean() - mu) / s**2, 1 - ((x - mu) ** 2).mean() / s**2])
+    assert torch.allclose(grad, exact_grad, atol=1e-10)
+
+
+def test_quadrature_nll_of_a_normalised_mixture_is_its_mean_negative_log_density():
+    mix = GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [2.0, -1.0]], [0.5, 0.3], dtype=torch.float64)
+    x = mix.sample(100, generator=1)
+    nll = losses.quadrature_nll(lambda v: -mix.log_prob(v), x, bounds=(-8.0, 8.0), cells=16)  # 1-wide cells: ~1e-12 (2-wide: 3e-8)
+    assert nll.item() == pytest.approx(-mix.log_prob(x).mean().item(), abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda e, x: losses.quadrature_nll(e, x + 20.0, bounds=(-8.0, 8.0)), "outside bounds"),
+        (lambda e, x: losses.quadrature_nll(e, torch.zeros(4, 3), bounds=(-8.0, 8.0)), "shape"),
+        (lambda e, x: losses.quadrature_nll(lambda v: v, x, bounds=(-8.0, 8.0)), "energy"),
+        (lambda e, x: losses.quadrature_nll(e, x, bounds=(1.0, -1.0)), "bounds"),
+        (lambda e, x: losses.ContrastiveDivergence(3, 0.1, "noise"), "init"),
+    ],
+)
+def test_energy_losses_refuse_bad_input(call, match):
+    energy, x = _GaussianEnergy1D(0.0, 0.0), torch.zeros(4, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        call(energy, x)
+
+
+def test_cd_from_data_starts_every_chain_at_its_data_point():
+    """init="data" (Hinton's CD-k): with a flat energy a chain is its data point plus k Langevin noise steps, so the
+    displacement is N(0, 2 eps k) per coordinate and independent of the point (4-SE tolerances)."""
+    eps, k, n = 0.02, 5, 4000
+    x = 3.0 * torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cd = losses.ContrastiveDivergence(k, eps, "data")
+    loss = cd(_FlatEnergy(), x, torch.Generator().manual_seed(1))
+    assert loss.item() == 0.0 and cd.chains is None
+    step = (cd.last_samples - x).reshape(-1)
+    variance = 2 * eps * k
+    assert abs(step.mean().item()) < 4 * math.sqrt(variance / step.numel())
+    assert abs(step.var().item() / variance - 1) < 4 * math.sqrt(2 / step.numel())
+    assert abs(torch.corrcoef(torch.stack([x.reshape(-1), step]))[0, 1].item()) < 4 / math.sqrt(step.numel())
+
+
+def test_persistent_chains_restarted_from_data_restart_at_the_batch():
+    """persistent=True with init="data": a restarted chain begins at the current batch, a kept one where it stopped."""
+    eps, x = 1e-6, torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    all_restart = losses.ContrastiveDivergence(1, eps, "data", persistent=True, reinit=1.0)
+    all_restart(_FlatEnergy(), x, torch.Generator().manual_seed(1))
+    all_restart(_FlatEnergy(), x + 10.0, torch.Generator().manual_seed(2))
+    assert (all_restart.chains - (x + 10.0)).abs().max() < 0.01
+    none_restart = losses.ContrastiveDivergence(1, eps, "data", persistent=True, reinit=0.0)
+    none_restart(_FlatEnergy(), x, torch.Generator().manual_seed(1))
+    none_restart(_FlatEnergy(), x + 10.0, torch.Generator().manual_seed(2))
+    assert (none_restart.chains - x).abs().max() < 0.01
