@@ -81,3 +81,56 @@ def test_mmd_and_energy_distance_separate_laws(metric):
     alt = metric(MIX.sample(400, generator=100), other.sample(400, generator=101))
     assert abs(null.mean()) < 4 * null.std() / np.sqrt(len(null))  # U-statistics: unbiased, centred at 0
     assert alt > null.mean() + 4 * null.std()
+
+
+def test_mode_summary_of_a_density_matches_the_exact_split_at_the_region_boundary():
+    """In 1-D, two components of one variance s^2 swap responsibility at x* = (m1 + m2)/2 + s^2 log(w1/w2)/(m2 - m1):
+    region 1's mass is w1 Phi((x* - m1)/s) + w2 Phi((x* - m2)/s). The quadrature gives the boundary's cell to the two
+    sides node by node, so it can misplace up to p(x*) times the largest node weight (0.363 of half the cell width).
+    Far-apart modes (p(x*) ~ 1e-15): masses exact, and each region's variance is s^2."""
+    from scorelab.metrics import mode_summary
+
+    w1, w2, m1, m2, s = 0.3, 0.7, -1.0, 1.5, 0.8
+    mix = GaussianMixture([w1, w2], [[m1], [m2]], [s**2, s**2], dtype=torch.float64)
+    x_star = 0.5 * (m1 + m2) + s**2 * np.log(w1 / w2) / (m2 - m1)
+    exact = w1 * norm.cdf((x_star - m1) / s) + w2 * norm.cdf((x_star - m2) / s)
+    lo, hi, cells = -10.0, 10.0, 200
+    summary = mode_summary(mix.log_prob, mix, bounds=(lo, hi), cells=cells)
+    p_star = mix.log_prob(torch.tensor([[x_star]], dtype=torch.float64)).exp().item()
+    resolution = p_star * 0.3627 * 0.5 * (hi - lo) / cells
+    assert summary.mass == pytest.approx([exact, 1 - exact], abs=resolution)
+    assert abs(summary.mass[0] - exact) > 1e-9  # the bound is not idle: this boundary does cut a cell
+    far = GaussianMixture([0.3, 0.7], [[-6.0], [6.0]], [s**2, s**2], dtype=torch.float64)
+    apart = mode_summary(far.log_prob, far, bounds=(-14.0, 14.0), cells=100)
+    assert apart.mass == pytest.approx([0.3, 0.7], abs=1e-9)
+    assert apart.mean[:, 0] == pytest.approx([-6.0, 6.0], abs=1e-8)
+    assert apart.variance == pytest.approx([s**2, s**2], abs=1e-8)
+
+
+def test_mode_summary_of_samples_agrees_with_that_of_their_density_within_binomial_error():
+    from scorelab.metrics import mode_summary
+
+    mix = GaussianMixture([0.2, 0.3, 0.5], [[-2.0, -2.0], [2.0, -2.0], [0.0, 1.0]], [0.5, 0.8, 1.0], dtype=torch.float64)
+    n = 20_000
+    from_samples = mode_summary(mix.sample(n, generator=0), mix)
+    from_density = mode_summary(mix.log_prob, mix, bounds=(-9.0, 9.0), cells=30)
+    se = np.sqrt(from_density.mass * (1 - from_density.mass) / n)
+    assert (np.abs(from_samples.mass - from_density.mass) < 4 * se).all()
+    assert np.allclose(from_samples.variance, from_density.variance, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((torch.zeros(5, 2), "not a mixture"), TypeError, "mixture"),
+        ((torch.zeros(5, 3), MIX), ValueError, "target"),
+        ((lambda x: torch.zeros(len(x)), MIX), ValueError, "normalised"),
+        (("density", MIX), TypeError, "target"),
+        ((torch.zeros(5, 3), GaussianMixture([1.0], [[0.0, 0.0, 0.0]], [1.0])), ValueError, "mixture"),
+    ],
+)
+def test_mode_summary_refuses_bad_input(args, error, match):
+    from scorelab.metrics import mode_summary
+
+    with pytest.raises(error, match=match):
+        mode_summary(*args, bounds=(-8.0, 8.0), cells=4)
