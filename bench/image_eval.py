@@ -37,6 +37,8 @@ def main(argv=None) -> dict:
     p.add_argument("--n", type=int, default=256, help="samples per sampler")
     p.add_argument("--nfe", type=int, default=200, help="score evaluations per sample, equal for every sampler")
     p.add_argument("--bpd-images", type=int, default=64, help="held-out images for bits/dim")
+    p.add_argument("--ode-tolerance", type=float, default=1e-5, help="rtol = atol of the bits/dim ODE (dopri5)")
+    p.add_argument("--ode-eps", type=float, default=1e-5, help="smallest time of the bits/dim ODE")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
@@ -76,7 +78,8 @@ def main(argv=None) -> dict:
 
     sde = cli.SDES[config.sde](config)
     bpd = likelihood.bits_per_dim(condition_on_std(model, sde), sde, held[: args.bpd_images].to(device),
-                                  divergence="hutchinson", generator=0)  # fmt: skip
+                                  divergence="hutchinson", generator=0, eps=args.ode_eps, rtol=args.ode_tolerance,
+                                  atol=args.ode_tolerance)  # fmt: skip
     result = {
         "data": where,
         "classifier_holdout_accuracy": judge_meta["holdout_accuracy"],
@@ -85,7 +88,12 @@ def main(argv=None) -> dict:
         "minutes_to_recognisable": recognisable["train_seconds"] / 60 if recognisable else None,
         "fid_curve": [(r["train_seconds"] / 60, r["classifier_fid"], r["confident_fraction"]) for r in curve],
         "samplers_at_equal_nfe": samplers,
-        "bits_per_dim": {"mean": bpd.mean().item(), "se": (bpd.std() / len(bpd) ** 0.5).item(), "images": len(bpd)},
+        "bits_per_dim": {
+            "mean": bpd.mean().item(),
+            "se": (bpd.std() / len(bpd) ** 0.5).item(),
+            "images": len(bpd),
+            "ode": {"eps": args.ode_eps, "rtol": args.ode_tolerance, "atol": args.ode_tolerance},
+        },
     }
     (out / "image_eval.json").write_text(json.dumps(result, indent=2) + "\n")
 

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,16 +110,42 @@ def test_load_classifier_refuses_other_checkpoints(tmp_path):
         cli.load_classifier(run / "checkpoint.pt")
 
 
-def test_gpu_run_script_runs_end_to_end_in_smoke_mode(tmp_path):
-    """bench/gpu_run.sh is what a GPU session runs in its few minutes: its smoke mode runs every step on the CPU with
-    tiny sizes (classifier, a timed training run stopped by SIGTERM, the evaluation and its figure, the diffusers
-    comparison, torchrun), so the real run cannot fail on a typo."""
-    out = tmp_path / "gpu"
-    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "PYTHON": sys.executable, "TQDM_DISABLE": "1"}
-    result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_run.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not (MNIST.is_dir() or (ROOT / ".gpu").is_dir()), reason="needs the MNIST test split in ../shared/data/mnist")
+def test_gpu_run_rehearsal_runs_every_step_as_the_gpu_machine_would(tmp_path):
+    """bench/gpu_run.sh is what a GPU session runs in its few minutes. `gpu_machine.py rehearse` runs it with tiny
+    sizes on a copy of the GPU machine: only the files that travel (no ../shared, no .venv beside them), a python3
+    that sees only the machine's packages (no diffusers, no scorelab), no network. Every step must pass (classifier,
+    a training run stopped by SIGTERM, the evaluation and its figure, the diffusers comparison from the carried
+    wheels, torchrun in a one-rank process group), within half the GPU run's 480 s budget, leaving at most 8 small
+    files in $OUT, none a checkpoint."""
+    r = tmp_path / "r"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_machine.py"), "rehearse", "--out", str(r)],
+                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    summary = json.loads((r / "rehearsal.json").read_text())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # the rehearsal reproduces the machine: a build-isolated install fails there, for want of setuptools from an index
+    assert summary["isolated_install_failed"] and "setuptools" in summary["isolated_install_error"]
+    assert not (r / "shared").exists() and not (r / "tree" / ".venv").exists()
+    out = r / "out"
+    env = (out / "env.txt").read_text()
+    assert "scorelab: pip install --no-index --no-deps --no-build-isolation -e ." in env
+    assert f"scorelab from {r / 'tree' / 'scorelab'}" in env  # the copy that travelled, not this checkout
+    assert f"from {r / 'work' / 'site' / 'diffusers'}" in env  # the carried wheel, not this environment's diffusers
+    # the limits of what comes back, and the time budget scaled down (240 s of the GPU run's 480 s)
+    assert summary["out_problems"] == [] and set(summary["out_files"]) == {
+        "env.txt", "run.log", "train_log.jsonl", "image_eval.json", "image_eval.png", "images.txt", "ddp.txt"}  # fmt: skip
+    assert summary["seconds"] <= 240 and "all steps passed" in (out / "run.log").read_text()
+    assert "FAILED" not in env and "not run" not in env
+    # each step's result
     evaluation = json.loads((out / "image_eval.json").read_text())
+    assert evaluation["data"].startswith("mnist test split, 9000 trained on, 1000 held out")
     assert evaluation["fid_curve"] and len(evaluation["samplers_at_equal_nfe"]) == 3
     assert math.isfinite(evaluation["bits_per_dim"]["mean"]) and (out / "image_eval.png").stat().st_size > 10_000
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert any("classifier_fid" in rec for rec in records) and (r / "work" / "run" / "checkpoint.pt").is_file()
     assert "speed-up" in (out / "images.txt").read_text()
-    assert (out / "ddp" / "checkpoint.pt").exists()
+    ddp = (out / "ddp.txt").read_text()
+    assert "process group: gloo, world 1, rank 0" in ddp and "DDP vs plain 0," in ddp and "world_size 1, 4 steps" in ddp
