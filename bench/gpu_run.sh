@@ -40,7 +40,7 @@ set -uo pipefail  # no -e: a failed step is recorded and the next one runs; the 
 
 set -a  # every setting below is exported: the steps run in child shells under `timeout`
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 OUT=${OUT:?set OUT to the results folder}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -103,20 +103,20 @@ setup() {  # in the main shell: what it exports (PYTHONPATH) holds for every lat
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
         echo "python3: $(command -v "$PY") ($($PY -V 2>&1))"
     } | tee -a "$OUT/env.txt"
-    if timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -5; then
+    if timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . 2>&1 | tail -5; then
         echo "scorelab: pip install --no-index --no-deps --no-build-isolation -e ." | tee -a "$OUT/env.txt"
     else
         export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
         echo "scorelab: the editable install failed (above); PYTHONPATH=$ROOT instead" | tee -a "$OUT/env.txt"
     fi
     if compgen -G ".whl/*.whl" >/dev/null &&
-        timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl; then
+        timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl; then
         export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
         echo "wheels: $(cd .whl && echo *.whl) -> $SITE" | tee -a "$OUT/env.txt"
     else
         echo "wheels: none installed from .whl/ (bench/gpu_machine.py prepare makes them): no diffusers comparison" | tee -a "$OUT/env.txt"
     fi
-    timeout 120 "$PY" - <<'EOF' 2>&1 | tee -a "$OUT/env.txt"
+    timeout 60 "$PY" - <<'EOF' 2>&1 | tee -a "$OUT/env.txt"
 import importlib, os, torch, scorelab
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, GPU {torch.cuda.get_device_name() if torch.cuda.is_available() else None}")
 print(f"scorelab from {os.path.dirname(scorelab.__file__)}")
@@ -141,8 +141,11 @@ classifier() {
     "$PY" -m scorelab classifier --config mnist --data "$DATA" --split test --out "$WORK/classifier" $CLASSIFIER_ARGS
 }
 
-logged() {  # fit is running (its SIGTERM handler in place) once log.jsonl has a record; a judged run waits for its first FID
-    if [ -f "$WORK/classifier/classifier.pt" ]; then grep -qs classifier_fid "$1"; else [ -s "$1" ]; fi
+# time to stop the run: fit is running (its SIGTERM handler in place) once log.jsonl has a record; a judged run waits up
+# to 40 s more for its first classifier-FID record, so that the evaluation has a point of the curve
+stop_now() {  # stop_now LOG ELAPSED
+    (($2 >= TRAIN_SECONDS)) && [ -s "$1" ] || return 1
+    [ ! -f "$WORK/classifier/classifier.pt" ] || grep -qs classifier_fid "$1" || (($2 >= TRAIN_SECONDS + 40))
 }
 
 train() {
@@ -153,7 +156,7 @@ train() {
         sample_every=0 progress=false $TRAIN_ARGS "${judge[@]}" &
     local pid=$! start=$SECONDS rc=0
     while kill -0 $pid 2>/dev/null; do
-        if ((SECONDS - start >= TRAIN_SECONDS)) && logged "$run/log.jsonl"; then
+        if stop_now "$run/log.jsonl" $((SECONDS - start)); then
             echo "SIGTERM after $((SECONDS - start)) s: fit checkpoints, then stops"
             kill -TERM $pid
             break
