@@ -21,8 +21,7 @@ Song et al. 2021; their callbacks carry the forward time `t` instead of `sigma`,
 `exponential_integrator`, the discretisation of the reverse OU SDE that Chen et al. 2023 analyse.
 
 Introduced in lessons 03 (`langevin`, `mala`), 04 (`annealed_langevin`, `score_on_unknown`), 05 (`pc_sample`,
-`ode_sample`)
-and 06 (`exponential_integrator`).
+`ode_sample`) and 06 (`exponential_integrator`).
 """
 
 from __future__ import annotations
