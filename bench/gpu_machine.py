@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -340,12 +341,14 @@ def rehearse(out: Path, mnist: Path) -> dict:
     # the failure the issue names: a build-isolated editable install needs setuptools from an index there is none of
     naive = subprocess.run([*wrapper, "python3", "-m", "pip", "install", "--no-deps", "-e", "."], cwd=tree, env=env,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    start = time.monotonic()
+    start, cpu_start, load_start = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN), os.getloadavg()[0]
     run = subprocess.run([*wrapper, "bash", "bench/gpu_run.sh"], cwd=tree, env=env, capture_output=True, text=True, timeout=900)
-    seconds = time.monotonic() - start
+    seconds, cpu = time.monotonic() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     summary = {
         "returncode": run.returncode,
         "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu.ru_utime + cpu.ru_stime - cpu_start.ru_utime - cpu_start.ru_stime, 1),  # every process of it
+        "load_average": [round(load_start, 1), round(os.getloadavg()[0], 1), os.cpu_count()],  # at its start and end, cores
         "network": network,
         "laid_out_here": laid_out,
         "wheel_problems": problems,

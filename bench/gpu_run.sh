@@ -181,7 +181,7 @@ images() {
 ddp() {
     rm -rf "$WORK/ddp"
     cat >"$WORK/ddp_driver.py" <<'EOF'
-"""torchrun worker: a one-rank process group (NCCL on CUDA, gloo on the CPU), a DDP gradient check, then the CLI."""
+"""torchrun worker: a one-rank process group (NCCL on CUDA, gloo on the CPU), a DDP gradient check, the CLI, its checkpoint."""
 import os, sys
 import torch
 import torch.distributed as dist
@@ -189,6 +189,7 @@ from dataclasses import replace
 from scorelab import cli, losses
 from scorelab.nets import UNET_PRESETS, UNet
 from scorelab.sde import VPSDE, condition_on_std
+from scorelab.train import load_checkpoint
 
 cuda = torch.cuda.is_available()
 device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
@@ -222,18 +223,15 @@ ddp = grads(wrapped)
 scale = plain.abs().max().item()
 print(f"DDP check ({preset} U-Net, {'bf16 + channels_last, ' if cuda else ''}{len(batch)} images): max |grad difference| / max |grad|:"
       f" DDP vs plain {(ddp - plain).abs().max().item() / scale:.3g}, plain vs plain {(again - plain).abs().max().item() / scale:.3g}")
-sys.exit(cli.main(sys.argv[1:]))
+if cli.main(sys.argv[1:]) != 0:
+    sys.exit(1)
+state = load_checkpoint(os.path.join(os.environ["WORK"], "ddp", "checkpoint.pt"))
+print(f"checkpoint: world_size {state['world_size']}, {len(state['history'])} steps")
+sys.exit(not (state["world_size"] == 1 and len(state["history"]) == int(os.environ["DDP_STEPS"])))
 EOF
     DDP_CHECK_UNET=$([ "$REHEARSAL" = 1 ] && echo tiny || echo mnist) "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
         "$WORK/ddp_driver.py" train --config "$TRAIN_CONFIG" --data "$DATA" --out "$WORK/ddp" --steps "$DDP_STEPS" split=test \
-        sample_every=0 progress=false $DDP_ARGS 2>&1 | tee "$OUT/ddp.txt" || return 1
-    "$PY" - "$WORK/ddp/checkpoint.pt" "$DDP_STEPS" <<'EOF' 2>&1 | tee -a "$OUT/ddp.txt"
-import sys
-from scorelab.train import load_checkpoint
-state = load_checkpoint(sys.argv[1])
-print(f"checkpoint: world_size {state['world_size']}, {len(state['history'])} steps")
-sys.exit(not (state["world_size"] == 1 and len(state["history"]) == int(sys.argv[2])))
-EOF
+        sample_every=0 progress=false $DDP_ARGS 2>&1 | tee "$OUT/ddp.txt"
 }
 
 main() {
