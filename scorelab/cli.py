@@ -133,7 +133,7 @@ def _mnist_cpu_config() -> RunConfig:
         n_steps=1800, batch_size=64, lr=2e-3, warmup_steps=100, grad_clip=1.0, checkpoint_every=200, log_every=25, device="auto"
     )
     return RunConfig(
-        dataset="mnist", split="test", sde="vp", train=train, ema_decay=0.999, sample_every=600, n_samples=64, sample_steps=100
+        dataset="mnist", split="test", sde="vp", train=train, ema_decay=0.999, sample_every=300, n_samples=64, sample_steps=100
     )
 
 
