@@ -6,6 +6,7 @@ import math
 import os
 import threading
 from numbers import Real
+from pathlib import Path
 
 import torch
 
@@ -165,15 +166,45 @@ def check_bounds(bounds, name: str = "bounds"):
     return lo, hi
 
 
+def check_batch_size(name: str, value, batch: int) -> None:
+    """A per-sample scalar (a noise level, a time) must be one value or one per sample: a number, a one-element
+    tensor, or a tensor of `batch` elements (e.g. `(batch,)` or `(batch, 1)`). Reads the shape only, never the data,
+    so every entry point that takes one calls it: 3 levels for 8 samples is a clear error, not a broadcast."""
+    if isinstance(value, torch.Tensor) and value.numel() != 1 and (value.numel() != batch or (value.ndim > 1 and value.shape[0] != batch)):
+        shape = tuple(value.shape)
+        raise ValueError(f"{name} must be a scalar or hold one value per sample ({batch},), got shape {shape} for {batch} samples")
+
+
 def check_per_sample(name: str, value, batch: int, like: torch.Tensor) -> torch.Tensor:
     """A per-sample scalar as a `(batch,)` tensor on `like`'s dtype and device: a number, a 0-d tensor, or a
     tensor of `batch` elements (any shape with that many, e.g. `(batch, 1)`); anything else is a clear error."""
+    check_batch_size(name, value, batch)
     value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if value.numel() == 1:
-        return value.reshape(()).expand(batch)
-    if value.numel() != batch or (value.ndim > 1 and value.shape[0] != batch):
-        raise ValueError(f"{name} must be a scalar or hold one value per sample ({batch},), got shape {tuple(value.shape)}")
-    return value.reshape(batch)
+    return value.reshape(()).expand(batch) if value.numel() == 1 else value.reshape(batch)
+
+
+def check_shape(name: str, shape) -> tuple[int, ...]:
+    """A tensor shape `(batch, *dims)` of positive ints, as a tuple."""
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list, torch.Size)) or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
+        raise TypeError(f"{name} must be a tuple of ints such as (batch, 2), got {shape!r}")
+    if not shape or any(n < 1 for n in shape):
+        raise ValueError(f"{name} must be a non-empty tuple of positive sizes, got {tuple(shape)}")
+    return tuple(shape)
+
+
+def check_float_dtype(name: str, dtype) -> None:
+    """`dtype` must be None (the default float dtype) or a floating torch dtype: an integer dtype would truncate."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"{name} must be a floating torch dtype such as torch.float32 (or None), got {dtype!r}")
+
+
+def check_sde(name: str, sde) -> None:
+    """`sde` must be an SDE object (`scorelab.VPSDE()`, ...): what every loss, sampler and likelihood reads of it."""
+    if not all(hasattr(sde, attr) for attr in ("marginal_coeffs", "diffusion", "drift_coeff", "check_eps", "T")):
+        hint = f"the string {sde!r}: build the object, e.g. scorelab.VPSDE()" if isinstance(sde, str) else type(sde).__name__
+        raise TypeError(f"{name} must be an SDE such as scorelab.VPSDE(), VESDE(), SubVPSDE() or OUSDE(), got {hint}")
 
 
 def check_label_type(name: str, y) -> None:
@@ -217,6 +248,13 @@ def checked_score(score, name: str = "score"):
     if hasattr(score, "precompute"):  # the samplers' hook (`GaussianMixture.marginal_score`) stays reachable
         wrapped.precompute = score.precompute
     return wrapped
+
+
+def check_path(name: str, path) -> Path:
+    """A file path given as a str or os.PathLike, as a `Path`."""
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (str or pathlib.Path), got {type(path).__name__}")
+    return Path(path)
 
 
 def check_memory(name: str, n: int, bytes_each: int) -> None:

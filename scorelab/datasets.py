@@ -22,7 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._checks import as_generator, check_bounds, check_choice, check_int, check_memory, check_nonnegative, check_positive, check_tensor
+from ._checks import (
+    as_generator,
+    check_bounds,
+    check_choice,
+    check_float_dtype,
+    check_int,
+    check_memory,
+    check_nonnegative,
+    check_positive,
+    check_tensor,
+)
 from .distributions import GaussianMixture
 
 
@@ -58,18 +68,21 @@ def _check_noise(noise) -> float:
 def _prepare(n, generator, dtype):
     check_int("n", n, minimum=1)
     check_memory("n", n, 8 * 8)  # a few (n, 2) float64 intermediates
+    check_float_dtype("dtype", dtype)
     return as_generator(generator), dtype or torch.get_default_dtype()
 
 
 def ring(n: int, *, generator=None, dtype=None, n_modes: int = 8, radius: float = 4.0, std: float = 0.5) -> torch.Tensor:
     """Samples from `ring_mixture(n_modes, radius, std)`."""
     check_int("n", n, minimum=1)
+    check_float_dtype("dtype", dtype)
     return ring_mixture(n_modes, radius, std).sample(n, generator=generator).to(dtype or torch.get_default_dtype())
 
 
 def far_apart(n: int, *, generator=None, dtype=None) -> torch.Tensor:
     """Samples from `far_apart_mixture()`: the 1/5-4/5 pair Langevin gets wrong (lesson 03)."""
     check_int("n", n, minimum=1)
+    check_float_dtype("dtype", dtype)
     return far_apart_mixture().sample(n, generator=generator).to(dtype or torch.get_default_dtype())
 
 

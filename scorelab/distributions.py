@@ -17,6 +17,7 @@ import torch
 
 from ._checks import (
     as_generator,
+    check_batch_size,
     check_bounds,
     check_callable,
     check_device,
@@ -25,6 +26,7 @@ from ._checks import (
     check_nonnegative,
     check_output,
     check_positive,
+    check_sde,
     check_tensor,
     distinct_values,
     shared_value,
@@ -89,8 +91,8 @@ class GaussianMixture:
         weights = _as_float_tensor("weights", weights, dtype, device)
         means = _as_float_tensor("means", means, dtype, device)
         covs = _as_float_tensor("covs", covs, dtype, device)
-        if means.ndim != 2:
-            raise ValueError(f"means must have shape (K, D), got {tuple(means.shape)}")
+        if means.ndim != 2 or 0 in means.shape:
+            raise ValueError(f"means must have shape (K, D) with K, D >= 1, got {tuple(means.shape)}")
         K, D = means.shape
         if weights.shape != (K,):
             raise ValueError(f"weights must have shape (K,) = ({K},) to match means, got {tuple(weights.shape)}")
@@ -204,10 +206,12 @@ class GaussianMixture:
         measures it (lesson 04).
         """
         # a level expanded to the batch (the samplers') is checked and read as one value, without a scan
+        check_batch_size("sigma", sigma, len(x))
         return self._score_of_affine(x, 1.0, check_positive("sigma", sigma))
 
     def marginal(self, sde, t: float) -> GaussianMixture:
         """The exact law of x_t when x_0 ~ self and x follows the linear `sde`: a mixture (lesson 05)."""
+        check_sde("sde", sde)
         mean_scale, std = sde.marginal_coeffs(sde.check_time(t))
         if std.numel() != 1:
             raise ValueError("marginal(sde, t) takes one time t (a float); use marginal_score for a batch of times")
@@ -224,6 +228,7 @@ class GaussianMixture:
         that know their time grid (`pc_sample`, `ode_sample` with a fixed-step method) call it once, and each step
         then skips about twenty operations on tiny tensors (`bench/widgets.py` times the explorer that runs them).
         """
+        check_sde("sde", sde)
         known = {}  # a time shared by a batch (as that batch's float) -> (m, sigma, separable coefficients or None)
         numbers = [0]  # how many numbers the coefficients in `known` hold
 
@@ -250,6 +255,7 @@ class GaussianMixture:
         def score(x: torch.Tensor, t) -> torch.Tensor:
             # marginal_coeffs checks t's range (SDE._time); a time expanded to the batch (the samplers') is read as
             # one value, and what depends on it alone is worked out once (`precompute`)
+            check_batch_size("t", t, len(x))
             distinct = distinct_values(t) if isinstance(t, torch.Tensor) else t
             if not isinstance(distinct, torch.Tensor) or distinct.numel() != 1:
                 return self._score_of_affine(x, *sde.marginal_coeffs(distinct))
@@ -413,8 +419,10 @@ class GaussianMixture:
         x_t is a mixture with the same weights and labels, so p_t(y | x) = \sum_{k in y} p_t(k | x): the Bayes
         classifier of noisy data, differentiable in x (its gradient is what classifier guidance adds, lesson 07).
         """
+        check_sde("sde", sde)
 
         def classifier(x: torch.Tensor, t) -> torch.Tensor:
+            check_batch_size("t", t, len(x))
             flat = self._flatten(x)
             mean_scale, std = sde.marginal_coeffs(t)
             log_comp, _ = self._affine_components(flat, self._per_sample(mean_scale, len(flat)), self._per_sample(std, len(flat)))

@@ -36,6 +36,7 @@ from ._checks import (
     check_per_sample,
     check_positive,
     check_probability,
+    check_sde,
     check_tensor,
 )
 from .distributions import check_measurement
@@ -154,6 +155,7 @@ def classifier_loss(
     check_callable("classifier", classifier)
     check_tensor("x", x, min_dim=2)
     check_choice("reduction", reduction, REDUCTIONS)
+    check_sde("sde", sde)
     eps = sde.check_eps(eps)
     x_t, t, _, _ = diffuse(x, sde, eps, as_generator(generator, x.device))
     logits = _checked_logits(classifier(x_t, t), len(x))
@@ -208,6 +210,7 @@ def _inverse_problem(score, sde, x, n_steps, A, y, noise_std, eps, callback):
     U, S, Vh = torch.linalg.svd(A, full_matrices=False)  # A = U diag(S) Vh
     if len(A) > A.shape[1] or S.min() <= 1e-8 * S.max():
         raise ValueError(f"A must have full row rank (m <= D, its rows linearly independent), got shape {tuple(A.shape)}")
+    check_sde("sde", sde)
     eps = sde.check_eps(eps)
     times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
     return noise_std, A, y, (U, S, Vh), times, _Schedule(sde, times)

@@ -15,7 +15,17 @@ import math
 
 import torch
 
-from ._checks import as_generator, check_bounds, check_callable, check_choice, check_int, check_output, check_tensor, checked_score
+from ._checks import (
+    as_generator,
+    check_bounds,
+    check_callable,
+    check_choice,
+    check_int,
+    check_output,
+    check_sde,
+    check_tensor,
+    checked_score,
+)
 from .datasets import to_model_range
 from .losses import PROJECTIONS
 from .sampling import DivergenceError, _batch_time, integrate_ode
@@ -77,6 +87,7 @@ def log_prob(
     check_choice("divergence", divergence, DIVERGENCES)
     check_int("n_probes", n_probes, minimum=1)
     check_choice("probe", probe, PROJECTIONS)
+    check_sde("sde", sde)
     eps = sde.check_eps(eps)
     prior_log_prob = prior_log_prob or sde.prior_log_prob
     check_callable("prior_log_prob", prior_log_prob)

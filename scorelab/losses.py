@@ -23,6 +23,7 @@ import torch
 from ._checks import (
     append_dims,
     as_generator,
+    check_batch_size,
     check_bounds,
     check_callable,
     check_choice,
@@ -31,6 +32,7 @@ from ._checks import (
     check_output,
     check_positive,
     check_probability,
+    check_sde,
     check_tensor,
 )
 from .distributions import _quadrature_nodes, score_from_energy
@@ -151,6 +153,7 @@ def dsm(score, x: torch.Tensor, sigma, generator=None, *, noise=None, reduction:
             `generator` when omitted.
     """
     _prepare(score, x, reduction)
+    check_batch_size("sigma", sigma, len(x))
     sigma = check_positive("sigma", sigma)
     z = _standard_noise(x, generator, noise)
     sigma = append_dims(torch.as_tensor(sigma, dtype=x.dtype, device=x.device), x.ndim)
@@ -194,6 +197,7 @@ SDE_WEIGHTINGS = ("sigma2", "likelihood")
 def diffuse(x: torch.Tensor, sde, eps: float, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """t ~ U(eps, T) per sample, z ~ N(0, I) and x_t = m(t) x + sigma(t) z: `(x_t, t, z, sigma(t))`, sigma(t)
     shaped to broadcast over x. The draw of every continuous-time loss (`sde_dsm`, `guidance.classifier_loss`)."""
+    check_sde("sde", sde)
     t = eps + (sde.T - eps) * torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
     mean_scale, std = (append_dims(c.to(x.dtype), x.ndim) for c in sde.marginal_coeffs(t))
     z = _standard_noise(x, generator, None)
@@ -212,6 +216,7 @@ def sde_dsm(
     """
     _prepare(score, x, reduction)
     check_choice("weighting", weighting, SDE_WEIGHTINGS)
+    check_sde("sde", sde)
     eps = sde.check_eps(eps)
     generator = as_generator(generator, x.device)
     x_t, t, z, std = diffuse(x, sde, eps, generator)

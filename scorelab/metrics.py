@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._checks import check_bounds, check_callable, check_choice, check_int, check_output, check_tensor
+from ._checks import check_bounds, check_callable, check_choice, check_int, check_output, check_positive, check_tensor
 from .distributions import GaussianMixture, _quadrature_nodes
 
 
@@ -171,8 +171,10 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> flo
     d_xx, d_yy, d_xy = _pairwise_distances(x, x), _pairwise_distances(y, y), _pairwise_distances(x, y)
     if bandwidth is None:
         bandwidth = torch.cat([d_xx.ravel(), d_yy.ravel(), d_xy.ravel()]).median().item()
-    if not bandwidth > 0:
-        raise ValueError(f"bandwidth must be positive, got {bandwidth}")
+        if not bandwidth > 0:
+            raise ValueError("bandwidth: the median pairwise distance is 0 (repeated points): pass a positive bandwidth")
+    else:
+        bandwidth = check_positive("bandwidth", bandwidth, allow_tensor=False)
 
     def kernel(d):
         return torch.exp(-(d**2) / (2 * bandwidth**2))

@@ -221,8 +221,12 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """Move the average towards `model`'s parameters (the model it was built from, or one of its architecture)."""
         weight = 1 - self.current_decay()
-        for avg, p in zip(self.module.parameters(), model.parameters()):
+        averages, params = list(self.module.parameters()), list(model.parameters())
+        if len(averages) != len(params) or any(a.shape != p.shape for a, p in zip(averages, params)):
+            raise ValueError("model is of another architecture than the one this EMA averages: build it with EMA(model)")
+        for avg, p in zip(averages, params):
             avg.lerp_(p.detach(), weight)
         for avg, b in zip(self.module.buffers(), model.buffers()):
             avg.copy_(b)

@@ -41,6 +41,7 @@ from ._checks import (
     check_nonnegative,
     check_output,
     check_positive,
+    check_sde,
     check_tensor,
     checked_score,
     values_checked_by_caller,
@@ -117,6 +118,8 @@ def _start(score, x, step_size, n_steps, generator, names=("score", "n_steps")):
     check_callable(names[0], score)
     check_tensor("x", x, min_dim=2)
     step_size = check_positive("step_size", step_size, allow_tensor=False)
+    if 2 * step_size > torch.finfo(x.dtype).max:  # torch would refuse to turn it into x's dtype, in its own words
+        raise ValueError(f"step_size={step_size:.3g} overflows {x.dtype} (largest {torch.finfo(x.dtype).max:.3g}): reduce it")
     check_int(names[1], n_steps, minimum=0)
     return x.detach().clone(), step_size, as_generator(generator, x.device)
 
@@ -509,6 +512,7 @@ def pc_sample(
     snr = check_nonnegative("snr", snr)
     if predictor is None and (corrector is None or n_corrector_steps == 0):
         raise ValueError("predictor and corrector cannot both be None: nothing would move")
+    check_sde("sde", sde)
     eps = sde.check_eps(eps)
     generator = as_generator(generator, x.device)
     times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
@@ -789,6 +793,7 @@ def ode_sample(
     check_callable("score", score)
     check_tensor("x", x, min_dim=2)
     score = checked_score(score)
+    check_sde("sde", sde)
     eps = sde.check_eps(eps)
     nfe, known = 0, {}  # known: a fixed-step method's time -> (f(t), g(t)^2), worked out for all of them at once
 

@@ -20,7 +20,19 @@ import math
 
 import torch
 
-from ._checks import append_dims, as_generator, check_int, check_positive, check_tensor, holds_everywhere
+from ._checks import (
+    append_dims,
+    as_generator,
+    check_batch_size,
+    check_float_dtype,
+    check_int,
+    check_memory,
+    check_positive,
+    check_sde,
+    check_shape,
+    check_tensor,
+    holds_everywhere,
+)
 
 
 def _as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,17 +94,22 @@ class SDE:
 
     def drift(self, x: torch.Tensor, t) -> torch.Tensor:
         """f(t) x, with `t` a float or `(batch,)` tensor."""
+        check_batch_size("t", t, len(x))
         return append_dims(self.drift_coeff(_as_time(t, x)).to(x.dtype), x.ndim) * x
 
     def marginal_sample(self, x0: torch.Tensor, t, generator=None) -> torch.Tensor:
         """A draw of x_t given x_0: m(t) x_0 + sigma(t) z."""
         check_tensor("x0", x0, min_dim=2)
+        check_batch_size("t", t, len(x0))
         mean_scale, std = self.marginal_coeffs(self.check_time(_as_time(t, x0)))
         z = torch.randn(x0.shape, generator=as_generator(generator, x0.device), dtype=x0.dtype, device=x0.device)
         return append_dims(mean_scale.to(x0.dtype), x0.ndim) * x0 + append_dims(std.to(x0.dtype), x0.ndim) * z
 
     def prior_sample(self, shape, generator=None, dtype=None, device=None) -> torch.Tensor:
         """x_T ~ N(0, prior_std^2 I) of the given shape `(batch, *dims)`."""
+        shape = check_shape("shape", shape)
+        check_float_dtype("dtype", dtype)
+        check_memory("shape", math.prod(shape), torch.finfo(dtype or torch.get_default_dtype()).bits // 8)
         return self.prior_std() * torch.randn(shape, generator=as_generator(generator, device), dtype=dtype, device=device)
 
     def prior_log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,6 +245,7 @@ def transition_from_marginals(m_s, std_s, m_t, std_t):
 
 def reverse_drift(sde: SDE, score, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     r"""Drift of the reverse-time SDE, f(t) x - g(t)^2 s(x, t) (Anderson 1982; Song et al. 2021, Eq. 6)."""
+    check_sde("sde", sde)
     g2 = append_dims(sde.diffusion(t).to(x.dtype) ** 2, x.ndim)
     return sde.drift(x, t) - g2 * score(x, t)
 
@@ -250,6 +268,7 @@ def simulate_forward(sde: SDE, x0: torch.Tensor, t_end: float, n_steps: int, gen
     Independent of `marginal_coeffs`, so simulated histograms check the closed forms (lesson 05).
     `callback` gets `{"x", "i", "t"}` after every step.
     """
+    check_sde("sde", sde)
     check_tensor("x0", x0, min_dim=2)
     t_end = sde.check_time(t_end, "t_end").item()
     check_int("n_steps", n_steps, minimum=1)
@@ -271,6 +290,7 @@ def condition_on_std(model, sde: SDE):
     net / sigma(t): the scale of the true score near t = 0 is built in (the SDE analogue of Technique 3 of
     Song & Ermon 2020). Lesson 05 trains one this way with `losses.sde_dsm`.
     """
+    check_sde("sde", sde)
 
     def score(x: torch.Tensor, t: torch.Tensor, *args) -> torch.Tensor:  # args: e.g. a class label (lesson 07)
         return model(x, sde.marginal_coeffs(t)[1].to(x.dtype), *args)

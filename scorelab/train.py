@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ._checks import check_callable, check_choice, check_device, check_int, check_positive, check_tensor
+from ._checks import check_callable, check_choice, check_device, check_int, check_path, check_positive, check_tensor
 from .nets import EMA
 
 CHECKPOINT_FORMAT = "scorelab-checkpoint-v1"
@@ -119,7 +119,7 @@ def save_checkpoint(state: dict, path) -> None:
 def load_checkpoint(path, map_location="cpu", required=()) -> dict:
     """Read a checkpoint with `torch.load(weights_only=True)`; raise `CheckpointError` with the reason: not a torch
     file, truncated, holding code, not tagged as a scorelab checkpoint, or lacking one of the `required` keys."""
-    path = Path(path)
+    path = check_path("path", path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if isinstance(map_location, (str, torch.device)):
@@ -139,6 +139,8 @@ def load_checkpoint(path, map_location="cpu", required=()) -> dict:
         raise CheckpointError(f"{path} is truncated or corrupt and cannot be read ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a scorelab checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    if state.keys() == {"format"}:
+        raise CheckpointError(f"{path} holds the format tag and no state (no weights, no metadata): an interrupted or foreign write?")
     missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{path} is a scorelab checkpoint but lacks {', '.join(missing)}: written by another tool or version?")

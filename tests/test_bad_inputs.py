@@ -77,6 +77,9 @@ RANDOM_FILE = Path(_TMP.name) / "random.bin"
 RANDOM_FILE.write_bytes(np.random.default_rng(0).bytes(256))
 ARCHLESS_CHECKPOINT = Path(_TMP.name) / "tagged.pt"
 save_checkpoint({"format": "scorelab-checkpoint-v1", "model": {}}, ARCHLESS_CHECKPOINT)  # the tag, but no state
+TAG_ONLY_CHECKPOINT = Path(_TMP.name) / "tag-only.pt"
+save_checkpoint({"format": "scorelab-checkpoint-v1"}, TAG_ONLY_CHECKPOINT)  # the format marker and nothing else
+THREE = torch.full((3,), 0.5)  # a per-sample level or time of the wrong length for X's 8 samples
 
 
 CASES = [
@@ -396,6 +399,47 @@ CASES = [
     (lambda: losses.ContrastiveDivergence(5, 0.1, lambda n, g: torch.ones(3, 2))(EnergyMLP(2), X), ValueError, "init"),
     (lambda: log_partition(lambda x: x.sum(1), 3), ValueError, "dim"),
     (lambda: log_partition(lambda x: x, 2), ValueError, "energy"),
+    # round two (issue 25): calls an outside reader tried
+    # a per-sample level or time of the wrong length, to every entry point that takes one
+    (lambda: MIX.noisy_score(X, THREE), ValueError, "sigma"),
+    (lambda: MIX.marginal_score(VP)(X, THREE), ValueError, "t"),
+    (lambda: MIX.marginal_class_log_prob(VP)(X, THREE), ValueError, "t"),
+    (lambda: losses.dsm(score, X, THREE), ValueError, "sigma"),
+    (lambda: VP.marginal_sample(X, THREE), ValueError, "t"),
+    (lambda: VP.drift(X, THREE), ValueError, "t"),
+    (lambda: ScoreMLP(2, n_fourier=4)(X, THREE), ValueError, "c"),
+    # an SDE by name where an SDE object is expected
+    (lambda: losses.sde_dsm(time_score, X, "VP"), TypeError, "sde"),
+    (lambda: sampling.pc_sample(time_score, "VP", X, 3), TypeError, "sde"),
+    (lambda: sampling.ode_sample(time_score, "VP", X), TypeError, "sde"),
+    (lambda: likelihood.log_prob(time_score, "VP", X), TypeError, "sde"),
+    (lambda: MIX.marginal_score("VP"), TypeError, "sde"),
+    (lambda: MIX.marginal("vp", 0.5), TypeError, "sde"),
+    (lambda: losses.diffuse(X, "VP", 1e-3, None), TypeError, "sde"),
+    (lambda: guidance.classifier_loss(lambda x, t: x, X, 0, "VP"), TypeError, "sde"),
+    # another architecture, a path that is not one, a degenerate shape, a dtype that would truncate, a bandwidth
+    (lambda: EMA(ScoreMLP(2)).update(ScoreMLP(3)), ValueError, "model"),
+    (lambda: load_checkpoint(123), TypeError, "path"),
+    (lambda: load_checkpoint(TAG_ONLY_CHECKPOINT), CheckpointError, "state"),
+    (lambda: VP.prior_sample((8, -2)), ValueError, "shape"),
+    (lambda: VP.prior_sample((8, 2.5)), TypeError, "shape"),
+    (lambda: VP.prior_sample((8, 2), dtype=torch.int64), TypeError, "dtype"),
+    (lambda: GaussianMixture([1.0], [[]], [1.0]), ValueError, "means"),
+    (lambda: metrics.mmd(X, X, bandwidth="wide"), TypeError, "bandwidth"),
+    (lambda: datasets.two_moons(10, dtype=torch.int64), TypeError, "dtype"),
+    (lambda: datasets.ring(10, dtype=torch.int64), TypeError, "dtype"),
+    (lambda: datasets.far_apart(10, dtype=torch.int32), TypeError, "dtype"),
+    (lambda: datasets.checkerboard(10, dtype=torch.int32), TypeError, "dtype"),
+    # more than the machine holds: the size, not the allocator's message
+    (lambda: VP.prior_sample((10**7, 10**7)), ValueError, "shape"),
+    # a step size that overflows the particles' dtype
+    (lambda: sampling.langevin(score, X, 1e300, 10), ValueError, "step_size"),
+    (lambda: sampling.langevin(score, X, 1e39, 10), ValueError, "step_size"),
+    (lambda: sampling.annealed_langevin(time_score, X, torch.tensor([1.0, 0.5]), 1e300, 2), ValueError, "step_size"),
+    # inpainting's options (lesson 04)
+    (lambda: sampling.annealed_langevin(time_score, X, torch.tensor([1.0, 0.5]), 0.1, 2, renoise="once"), ValueError, "renoise"),
+    (lambda: sampling.score_on_unknown(score, torch.ones(2)), TypeError, "mask"),
+    (lambda: sampling.score_on_unknown(score, torch.ones(2, dtype=torch.bool)), ValueError, "mask"),
 ]
 
 
