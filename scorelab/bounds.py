@@ -5,13 +5,13 @@ For the OU forward process dX = -X dt + sqrt(2) dB (`sde.OUSDE`) started at data
 
     TV(p_T, q) <~ sqrt(KL(q || N(0, I))) e^{-T} + (L sqrt(d h) + L m_2 h) sqrt(T) + eps sqrt(T)
 
-when h <~ 1/L with L >= 1, under (A1) grad log q_t is L-Lipschitz for every t, (A2) E_q ||X||^2 = m_2^2 < inf,
-(A3) E_{q_{kh}} ||s_{kh} - grad log q_{kh}||^2 <= eps^2 for every k (Chen et al. 2023, Thm. 2; Zhang, lecture 19).
-The proof's Girsanov step sums the errors over the steps, so only their mean over k enters: `score_error` measures
-that root mean square. This module computes L, m_2^2 and the KL for Gaussian mixtures, builds scores whose error is
-exactly eps, and gives output laws without sampling noise: in closed form when q is Gaussian (the scheme is then
-linear), on a grid in 1-D for any score, and for the exact reverse process started at N(0, I) (the start's share
-alone). Introduced in lesson 06.
+when h <~ 1/L with L >= 1, under (A1) grad log q_t is L-Lipschitz for every t, (A2) E_q ||X||^{2+eta} < inf for some
+eta > 0, with m_2^2 = E_q ||X||^2, (A3) E_{q_{kh}} ||s_{kh} - grad log q_{kh}||^2 <= eps^2 for every k (Chen et al.
+2023, their DDPM theorem, as Zhang's lecture 19 states it). The proof's Girsanov step sums the errors over the steps,
+so only their mean over k enters: `score_error` measures that root mean square. This module computes L, m_2^2 and
+the KL for Gaussian mixtures, builds scores whose error is exactly eps, and gives output laws without sampling
+noise: in closed form when q is Gaussian (the scheme is then linear), on a grid in 1-D for any score, and for the
+exact reverse process started at N(0, I) (the start's share alone). Introduced in lesson 06.
 """
 
 from __future__ import annotations
@@ -22,10 +22,19 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ._checks import append_dims, as_generator, check_bounds, check_callable, check_int, check_nonnegative, check_positive
+from ._checks import (
+    append_dims,
+    as_generator,
+    check_bounds,
+    check_callable,
+    check_choice,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from .distributions import GaussianMixture
-from .metrics import Estimate, kl_quadrature
-from .sampling import _steps_of
+from .metrics import Estimate, kl_quadrature, tv_quadrature
+from .sampling import _steps_of, exponential_integrator
 from .sde import OUSDE
 
 
@@ -33,6 +42,37 @@ def _check_mixture(dist) -> GaussianMixture:
     if not isinstance(dist, GaussianMixture):
         raise TypeError(f"dist must be a GaussianMixture, got {type(dist).__name__}")
     return dist.to(dtype=torch.float64)
+
+
+def loglog_slope(x, y) -> float:
+    r"""The exponent a of y ~ C x^a: the least-squares slope of log y against log x (all x, y > 0). Introduced in lesson 06.
+
+    `x` and `y` are 1-d sequences of one length >= 2. Lesson 06 fits the bound's exponents this way, each on a stated
+    window, and compares them with their analytic values.
+    """
+    x, y = _fit_arrays("x", x, y, log_x=True)
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def decay_rate(t, y) -> float:
+    r"""The rate k of y ~ C e^{-k t}: minus the least-squares slope of log y against t (all y > 0). Introduced in lesson 06.
+
+    `t` and `y` are 1-d sequences of one length >= 2 (`t` need not be positive). Lesson 06 fits how fast the start and
+    an old score error are forgotten this way, on stated windows of t.
+    """
+    t, y = _fit_arrays("t", t, y, log_x=False)
+    return float(-np.polyfit(t, np.log(y), 1)[0])
+
+
+def _fit_arrays(name: str, x, y, log_x: bool) -> tuple[np.ndarray, np.ndarray]:
+    x, y = (np.asarray(v, dtype=np.float64) for v in (x, y))
+    if x.ndim != 1 or x.shape != y.shape or len(x) < 2:
+        raise ValueError(f"{name} and y must be 1-d of one length >= 2, got shapes {x.shape} and {y.shape}")
+    if not (np.isfinite(x).all() and (not log_x or (x > 0).all()) and np.ptp(x) > 0):
+        raise ValueError(f"{name} must be finite{', positive' if log_x else ''} and not all equal, got {x}")
+    if not (np.isfinite(y).all() and (y > 0).all()):
+        raise ValueError(f"y must be finite and positive to take its logarithm, got {y}")
+    return x, y
 
 
 def second_moment(dist: GaussianMixture) -> float:
@@ -195,26 +235,42 @@ def score_error(score: Callable, dist: GaussianMixture, sde, times, n: int = 10_
     return Estimate(value, se)
 
 
-def gaussian_integrator_law(mean, var, T: float, h: float) -> tuple[np.ndarray, np.ndarray]:
-    r"""The exact output law N(M, diag V) of `sampling.exponential_integrator` with the exact score of q = N(mean, diag var).
+def _exponential_step(h: float) -> tuple[float, float, float]:
+    return math.exp(h), 2 * math.expm1(h), math.expm1(2 * h)
 
-    q_t = N(m_t, v_t) per coordinate with m_t = e^{-t} mean, v_t = e^{-2t} var + 1 - e^{-2t}, so each step
-    Y <- e^h Y - 2 (e^h - 1) (Y - m_t) / v_t + sqrt(e^{2h} - 1) z is linear-Gaussian: with a = e^h - 2 (e^h - 1) / v_t,
-    M <- a M + 2 (e^h - 1) m_t / v_t and V <- a^2 V + e^{2h} - 1, from M = 0, V = 1 (the N(0, I) start). No sampling
-    noise: `metrics.gaussian_tv` and `metrics.gaussian_kl` then give the scheme's TV and KL to q exactly.
-    Returns `(M, V)` as float64 arrays of mean's shape.
+
+def _euler_maruyama_step(h: float) -> tuple[float, float, float]:
+    return 1 + h, 2 * h, 2 * h
+
+
+#: one step Y <- a Y + b s(Y, t) + sqrt(c) z of the reverse OU SDE dY = [Y + 2 s] ds + sqrt(2) dB, as (a, b, c) for a
+#: step h: the exponential integrator (Chen et al. 2023; `sampling.exponential_integrator`) integrates the linear part
+#: exactly, Euler-Maruyama (`sampling.pc_sample(predictor="euler_maruyama")` on `OUSDE`) freezes it too
+SCHEMES = {"exponential": _exponential_step, "euler_maruyama": _euler_maruyama_step}
+
+
+def gaussian_integrator_law(mean, var, T: float, h: float, scheme: str = "exponential") -> tuple[np.ndarray, np.ndarray]:
+    r"""The exact output law N(M, diag V) of the reverse OU scheme with the exact score of q = N(mean, diag var).
+
+    q_t = N(m_t, v_t) per coordinate with m_t = e^{-t} mean, v_t = e^{-2t} var + 1 - e^{-2t}. A step of `scheme`
+    (`SCHEMES`) is Y <- a Y + b s(Y, t) + sqrt(c) z, with (a, b, c) = (e^h, 2 (e^h - 1), e^{2h} - 1) for the
+    exponential integrator and (1 + h, 2 h, 2 h) for Euler-Maruyama; with s = -(Y - m_t) / v_t it is linear-Gaussian:
+    M <- (a - b / v_t) M + b m_t / v_t and V <- (a - b / v_t)^2 V + c, from M = 0, V = 1 (the N(0, I) start), calling
+    the score at t = T, T - h, ..., h. No sampling noise: `metrics.gaussian_tv` and `metrics.gaussian_kl` then give
+    the scheme's TV and KL to q exactly. Returns `(M, V)` as float64 arrays of mean's shape. Introduced in lesson 06.
     """
     n_steps = _steps_of(T, h)
+    check_choice("scheme", scheme, SCHEMES)
     mean, var = np.broadcast_arrays(np.atleast_1d(np.asarray(mean, dtype=np.float64)), np.asarray(var, dtype=np.float64))
     if not (np.isfinite(mean).all() and np.isfinite(var).all() and (var > 0).all()):
         raise ValueError(f"mean must be finite and var positive and finite, got {mean} and {var}")
     M, V = np.zeros_like(mean), np.ones_like(var)
-    growth, noise = math.expm1(h), math.expm1(2 * h)
+    growth, drift_scale, noise = SCHEMES[scheme](h)
     for i in range(n_steps):
         t = T - i * h
         m_t, v_t = math.exp(-t) * mean, math.exp(-2 * t) * var - math.expm1(-2 * t)
-        a = 1 + growth - 2 * growth / v_t
-        M, V = a * M + 2 * growth * m_t / v_t, a**2 * V + noise
+        a = growth - drift_scale / v_t
+        M, V = a * M + drift_scale * m_t / v_t, a**2 * V + noise
     return M, V
 
 
@@ -258,18 +314,44 @@ def reverse_output_log_prob(dist: GaussianMixture, T: float, nodes: int = 64) ->
     return log_prob
 
 
-def _grid_chain(score: Callable, T: float, h: float, bounds, n_grid: int):
-    """The 1-D exponential integrator's law on a grid: yields (t, x, density) before each step (forward time t of the
-    score call) and finally (0, x, output density). Each step maps a point y to N(e^h y + 2 (e^h - 1) s(y, t), e^{2h} - 1),
+def start_tv(dist: GaussianMixture, T: float, nodes: int = 32, bounds=(-12.0, 12.0), cells: int = 400) -> tuple[float, float]:
+    r"""What the start costs: (TV(q_T, gamma), TV(p_T, q)) for a 1-D mixture q, both by quadrature, with no sampling noise.
+
+    q_T = `dist.marginal(OUSDE(T), T)` is the noised law the reverse process should start from, gamma = N(0, 1) the one
+    it starts from, and p_T (`reverse_output_log_prob`) the output of the *exact* reverse process started at gamma:
+    TV(p_T, q) is the start's share of a sampler's error alone, and TV(q_T, gamma) the quantity the bound's start term
+    sqrt(KL(q || gamma)) e^{-T} / sqrt(2) bounds (Pinsker and the OU log-Sobolev inequality). With k the first Hermite
+    mode of q (c_k = E_q He_k(X) / k! != 0) they fall like e^{-k T} and e^{-2 k T}: the output meets the mode twice.
+    Gauss-Legendre quadrature (`metrics.tv_quadrature`) on `cells` cells of `bounds`; `nodes` Gauss-Hermite points
+    for p_T. Accurate to ~1e-4 of each TV (|p - q| has a kink where the laws cross) while the TV is above ~1e-15,
+    where float64 rounding of the log-densities takes over. Returns two floats.
+    Introduced in lesson 06.
+    """
+    dist = _check_mixture(dist)
+    if dist.dim != 1:
+        raise ValueError(f"start_tv integrates in 1-D, got a mixture in D={dist.dim}")
+    T = check_positive("T", T, allow_tensor=False)
+    lo, hi = check_bounds(bounds)
+    check_int("cells", cells, minimum=1)
+    q_T = dist.marginal(OUSDE(T), T)
+    noised = tv_quadrature(q_T.log_prob, OUSDE().prior_log_prob, 1, (lo, hi), cells)  # TV(q_T, gamma)
+    output = tv_quadrature(reverse_output_log_prob(dist, T, nodes), dist.log_prob, 1, (lo, hi), cells)
+    return noised, output
+
+
+def _grid_chain(score: Callable, T: float, h: float, bounds, n_grid: int, scheme: str = "exponential"):
+    """The 1-D scheme's law on a grid: yields (t, x, density) before each step (forward time t of the score call) and
+    finally (0, x, output density). Each step maps a point y to N(a y + b s(y, t), c) with (a, b, c) from `SCHEMES`,
     so the next density is a sum over the grid of Gaussians weighted by density * cell width (midpoint rule)."""
     check_callable("score", score)
     n_steps = _steps_of(T, h)
+    check_choice("scheme", scheme, SCHEMES)
     lo, hi = check_bounds(bounds)
     check_int("n_grid", n_grid, minimum=2)
     width = (hi - lo) / n_grid
     x = lo + width * (torch.arange(n_grid, dtype=torch.float64) + 0.5)
     density = torch.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)  # Y_0 ~ N(0, 1)
-    growth, drift_scale, noise_var = math.exp(h), 2 * math.expm1(h), math.expm1(2 * h)
+    growth, drift_scale, noise_var = SCHEMES[scheme](h)
     normaliser = 1 / math.sqrt(2 * math.pi * noise_var)
     half_width = min(n_grid, math.ceil(9 * math.sqrt(noise_var) / width))
     reach = torch.arange(-half_width, half_width + 1)
@@ -294,19 +376,23 @@ def _grid_chain(score: Callable, T: float, h: float, bounds, n_grid: int):
     yield 0.0, x, density
 
 
-def grid_integrator_law(score: Callable, T: float, h: float, bounds=(-8.0, 8.0), n_grid: int = 601) -> tuple[np.ndarray, np.ndarray]:
-    r"""The exact output law of `sampling.exponential_integrator` in 1-D, for any score, without sampling noise.
+def grid_integrator_law(
+    score: Callable, T: float, h: float, bounds=(-8.0, 8.0), n_grid: int = 601, scheme: str = "exponential"
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""The exact output law of the 1-D reverse OU scheme (`sampling.exponential_integrator` by default), for any score.
 
-    Started from N(0, 1), each step Y <- e^h Y + 2 (e^h - 1) s(Y, t) + sqrt(e^{2h} - 1) z is Gaussian given Y, so the
-    density after a step is p'(x) = \int p(y) N(x; e^h y + 2 (e^h - 1) s(y, t), e^{2h} - 1) dy: a product with an
+    Started from N(0, 1), each step Y <- a Y + b s(Y, t) + sqrt(c) z is Gaussian given Y ((a, b, c) from `SCHEMES`:
+    (e^h, 2 (e^h - 1), e^{2h} - 1) for the exponential integrator, (1 + h, 2 h, 2 h) for `scheme="euler_maruyama"`),
+    so the density after a step is p'(x) = \int p(y) N(x; a y + b s(y, t), c) dy: a product with an
     `n_grid` x `n_grid` matrix per step, the integral by the midpoint rule on `n_grid` cells of `bounds` (mass that
-    leaves the interval is dropped: check `density.sum() * width`). With cells several times narrower than
-    sqrt(e^{2h} - 1) the error is far below 1e-6 in TV (the tests compare a Gaussian target with the closed form of
-    `gaussian_integrator_law`, and a mixture with particles). `score(x, t)` takes `(n, 1)` points and `(n,)` times.
-    Returns `(x, density)`: the cell centres and the output density there, float64 arrays of length `n_grid`, so
-    TV(p, q) = 1/2 sum |density - q(x)| * width. Introduced in lesson 06.
+    leaves the interval is dropped: check `density.sum() * width`). With cells several times narrower than sqrt(c)
+    the error is far below 1e-6 in TV (the tests compare a Gaussian target with the closed form of
+    `gaussian_integrator_law`, and a mixture with particles). The score is called at t = T, T - h, ..., h, without
+    sampling noise; `score(x, t)` takes `(n, 1)` points and `(n,)` times. Returns `(x, density)`: the cell centres and
+    the output density there, float64 arrays of length `n_grid`, so TV(p, q) = 1/2 sum |density - q(x)| * width.
+    Introduced in lesson 06.
     """
-    *_, (_, x, density) = _grid_chain(score, T, h, bounds, n_grid)  # the last state: the output
+    *_, (_, x, density) = _grid_chain(score, T, h, bounds, n_grid, scheme)  # the last state: the output
     return x.numpy(), density.numpy()
 
 
@@ -328,6 +414,30 @@ def grid_tv(law, other) -> float:
         if not np.array_equal(r_x, x):
             raise ValueError("other must be a law on the same cells as law (the same x), a GaussianMixture or a log-density")
     return float(0.5 * np.abs(density - r).sum() * (x[1] - x[0]))
+
+
+def output_tv(score: Callable, T: float, h: float, reference, bounds=(-8.0, 8.0), n_grid: int = 601, scheme: str = "exponential") -> float:
+    r"""TV between the 1-D scheme's exact output law with `score` (`grid_integrator_law`) and `reference`.
+
+    `reference` is what `grid_tv` accepts: another output law `(x, density)` on the same cells (e.g. the same scheme run
+    with the exact score: the TV the bound's score term bounds), a 1-D `GaussianMixture` (the data law q) or a
+    normalised log-density. No sampling noise and no estimator bias. Returns a float. Introduced in lesson 06.
+    """
+    return grid_tv(grid_integrator_law(score, T, h, bounds, n_grid, scheme), reference)
+
+
+def integrator_output(score: Callable, T: float, h: float, n: int, dim: int = 1, generator=None) -> torch.Tensor:
+    r"""`n` particles of the exponential integrator's output: Y_0 ~ N(0, I_dim), then `sampling.exponential_integrator`.
+
+    The start and the steps' noise both come from `generator` (a seed or a `torch.Generator`), so one seed gives one
+    run. Returns `(n, dim)`. The particles' law is what `grid_integrator_law` computes without noise (1-D), which
+    lesson 06 checks them against. Introduced in lesson 06.
+    """
+    check_int("n", n, minimum=1)
+    check_int("dim", dim, minimum=1)
+    generator = as_generator(generator)
+    x_0 = torch.randn(n, dim, generator=generator)
+    return exponential_integrator(score, x_0, T, h, generator=generator)
 
 
 def path_score_error(score: Callable, reference: Callable, T: float, h: float, bounds=(-8.0, 8.0), n_grid: int = 601) -> float:
@@ -356,7 +466,8 @@ def path_score_error(score: Callable, reference: Callable, T: float, h: float, b
 def discretisation_path_kl(dist: GaussianMixture, T: float, h: float, n: int = 2000, nodes: int = 3, generator=None) -> Estimate:
     r"""KL(Q^<- || P^{q_T}) between the exact reverse path and the exponential integrator's with the exact score, both from q_T.
 
-    Girsanov's theorem, the first step of the proof in Zhang's lecture 19 (Chen et al. 2023, Sec. 5.2), as an identity:
+    Girsanov's theorem, the first step of the proof in Zhang's lecture 19 (Chen et al. 2023), here as an identity (the
+    notes state the inequality <=, all the proof needs; equality holds where Novikov's condition does):
     the two drifts differ by 2 (\nabla log q_{T-kh}(X_{kh}) - \nabla log q_{T-t}(X_t)) on each step [kh, (k+1)h], so
 
         KL = \sum_k \int_{kh}^{(k+1)h} E ||\nabla log q_{T-kh}(X_{kh}) - \nabla log q_{T-t}(X_t)||^2 dt,
@@ -412,6 +523,22 @@ def windowed_score(score: Callable, reference: Callable, window) -> Callable:
         return torch.where(append_dims(inside.expand(len(x)), x.ndim), score(x, t), reference(x, t))
 
     return mixed
+
+
+def variance_ratio_tv(ratio: float, d: int) -> float:
+    r"""TV(N(mu, r s^2 I_d), N(mu, s^2 I_d)) to first order in r - 1: (|r - 1| / 4) E|chi^2_d - d|.
+
+    Under the second law, log(p/q) = -(d/2) log r + (1 - 1/r) chi^2_d / 2 = (r - 1)(chi^2_d - d) / 2 + O((r - 1)^2),
+    and TV = E_q|p/q - 1| / 2, so TV = |r - 1| E|chi^2_d - d| / 4 while |r - 1| sqrt(d) is small. The mean absolute
+    deviation of chi^2_d (a Gamma(a = d/2, 2) law) is E|chi^2_d - d| = 4 a^a e^{-a} / Gamma(a) -> 2 sqrt(d / pi):
+    the TV grows like sqrt(d) only for large d, more steeply at small d (local slope 0.60 from d = 1 to 2).
+    Lesson 06 compares the scheme's exact output law in d dimensions with it. Returns a float.
+    """
+    ratio = check_positive("ratio", ratio, allow_tensor=False)
+    check_int("d", d, minimum=1)
+    a = d / 2
+    mean_abs_deviation = math.exp(math.log(4) + a * math.log(a) - a - math.lgamma(a))
+    return abs(ratio - 1) * mean_abs_deviation / 4
 
 
 def bound_terms(kl: float, L: float, m2: float, d: int, T, h, epsilon) -> dict[str, np.ndarray]:

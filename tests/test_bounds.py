@@ -431,3 +431,110 @@ def test_grid_tv_against_a_mixture_a_log_density_and_another_law():
         bounds.grid_tv(law, (x + 0.01, density))
     with pytest.raises(ValueError, match="law must be"):
         bounds.grid_tv((x, density[:-1]), MIX_1D)
+
+
+# --- lesson 06's fits, start costs, Euler-Maruyama's law, particles and the variance-ratio TV ---------------------
+
+
+def test_fitted_exponents_are_exact_on_power_laws_and_exponentials():
+    x = np.array([0.1, 0.2, 0.4, 0.8])
+    assert bounds.loglog_slope(x, 3 * x**0.5) == pytest.approx(0.5, abs=1e-12)
+    assert bounds.decay_rate(np.array([-1.0, 0.0, 2.0]), 2 * np.exp(-1.7 * np.array([-1.0, 0.0, 2.0]))) == pytest.approx(1.7, abs=1e-12)
+    with pytest.raises(ValueError, match="y must be finite and positive"):
+        bounds.loglog_slope(x, np.array([1.0, 0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match="x must be finite, positive"):
+        bounds.loglog_slope(-x, x)
+    with pytest.raises(ValueError, match="t must be finite and not all equal"):
+        bounds.decay_rate([1.0, 1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="one length"):
+        bounds.decay_rate([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("mu, s2, T", [(0.7, 0.3, 0.5), (0.0, 2.0, 1.5), (-1.0, 0.25, 3.0)])
+def test_start_tv_of_a_gaussian_is_the_closed_form(mu, s2, T):
+    g = GaussianMixture([1.0], [[mu]], [s2])  # float32 in: the laws are formed in float64 (no rounding floor at 1e-8)
+    noised, output = bounds.start_tv(g, T)
+    mu, s2 = float(np.float32(mu)), float(np.float32(s2))  # the parameters as float32 stored them
+    v_T = s2 * math.exp(-2 * T) + 1 - math.exp(-2 * T)
+    # Gauss-Legendre on |p - q|, which has a kink where the laws cross: measured 3e-5 of the TV at most here
+    assert noised == pytest.approx(gaussian_tv(mu * math.exp(-T), v_T, 0.0, 1.0), rel=1e-4)
+    mean, var = _reverse_from_prior_gaussian(mu, s2, T)
+    assert output == pytest.approx(gaussian_tv(mean, var, mu, s2), rel=1e-4)
+    assert output <= noised  # data processing
+
+
+def test_start_tv_stays_exact_far_below_float32_rounding():
+    """The first Hermite mode's constants hold at T = 7, where TV(p_T, q) ~ 1e-7: a law formed in float32 would stop
+    falling at ~1e-8 (lesson 06, exercise 1, fits rates down to 1e-12)."""
+    q = GaussianMixture([0.3, 0.7], [[-2.0], [1.5]], [0.25, 0.5])  # float32, as the lesson builds it
+    mu = 0.45
+    x = torch.linspace(-12, 12, 200_001, dtype=torch.float64)
+    abs_dev = float(((x - mu).abs() * MIX_1D.log_prob(x[:, None]).exp()).sum() * (x[1] - x[0]))
+    for T in (5.0, 8.0):
+        noised, output = bounds.start_tv(q, T)
+        assert noised * math.exp(T) == pytest.approx(0.5 * mu * math.sqrt(2 / math.pi), rel=2 * math.exp(-T))
+        assert output * math.exp(2 * T) == pytest.approx(0.5 * mu * abs_dev, rel=2 * math.exp(-T))
+    with pytest.raises(ValueError, match="1-D"):
+        bounds.start_tv(MIX_2D, 1.0)
+    with pytest.raises(ValueError, match="T must be positive"):
+        bounds.start_tv(q, -1.0)
+
+
+@pytest.mark.parametrize("scheme", ["exponential", "euler_maruyama"])
+def test_grid_law_of_either_scheme_is_the_gaussian_closed_form(scheme):
+    mean, var, T, h = 0.7, 0.3, 3.0, 0.1
+    g = GaussianMixture([1.0], [[mean]], [var], dtype=torch.float64)
+    x, density = bounds.grid_integrator_law(g.marginal_score(OUSDE(T)), T, h, scheme=scheme)
+    M, V = bounds.gaussian_integrator_law(mean, var, T, h, scheme=scheme)
+    assert 0.5 * np.abs(density - stats.norm.pdf(x, M[0], math.sqrt(V[0]))).sum() * (x[1] - x[0]) < 1e-6
+    # the midpoint rule's error where the densities cross: ~ |slope of p - q| width^2 / 4 ~ 0.05 * 7e-4 / 4 each
+    assert bounds.output_tv(g.marginal_score(OUSDE(T)), T, h, g, scheme=scheme) == pytest.approx(
+        gaussian_tv(M[0], V[0], mean, var), abs=2e-5
+    )
+
+
+def test_euler_maruyama_law_is_pc_samples_and_its_stationary_variance():
+    """Euler-Maruyama on OUSDE as `pc_sample` runs it (eps = 1e-4 instead of 0: a shift far below the Monte-Carlo
+    error) has the closed-form law; for q = gamma (score -x) its variance tends to 2 / (2 - h) = 1 + h/2 + ..., the
+    exponential integrator's to (e^h + 1) / (3 - e^h) = 1 + h + ...: freezing the linear part does not double the error."""
+    mean, var, T, h, n = 0.7, 0.3, 2.0, 0.1, 200_000
+    g = GaussianMixture([1.0], [[mean]], [var], dtype=torch.float64)
+    x0 = torch.randn(n, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    em = dict(predictor="euler_maruyama", corrector=None, eps=1e-4, denoise=False, generator=1)
+    y = sampling.pc_sample(g.marginal_score(OUSDE(T)), OUSDE(T), x0, round(T / h), **em)
+    M, V = bounds.gaussian_integrator_law(mean, var, T, h, scheme="euler_maruyama")
+    assert abs(y.mean().item() - M[0]) < 4 * math.sqrt(V[0] / n)
+    assert abs(y.var().item() - V[0]) < 4 * V[0] * math.sqrt(2 / n)
+    _, V_em = bounds.gaussian_integrator_law(0.0, 1.0, 12.0, h, scheme="euler_maruyama")
+    _, V_ei = bounds.gaussian_integrator_law(0.0, 1.0, 12.0, h)
+    assert V_em[0] == pytest.approx(2 / (2 - h), rel=1e-9) and V_ei[0] == pytest.approx((math.exp(h) + 1) / (3 - math.exp(h)), rel=1e-9)
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        bounds.gaussian_integrator_law(0.0, 1.0, 1.0, 0.1, scheme="heun")
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        bounds.grid_integrator_law(lambda x, t: -x, 1.0, 0.1, scheme="euler")
+
+
+def test_integrator_output_is_one_run_per_seed_and_follows_the_grid_law():
+    score = MIX_1D.marginal_score(OUSDE(2.0))
+    a = bounds.integrator_output(score, 2.0, 0.1, 50_000, generator=3)
+    torch.testing.assert_close(a, bounds.integrator_output(score, 2.0, 0.1, 50_000, generator=3))
+    assert a.shape == (50_000, 1) and not torch.equal(a, bounds.integrator_output(score, 2.0, 0.1, 50_000, generator=4))
+    x, density = bounds.grid_integrator_law(score, 2.0, 0.1)
+    width = x[1] - x[0]
+    mean, second = (density * x).sum() * width, (density * x**2).sum() * width
+    assert abs(a.mean().item() - mean) < 4 * math.sqrt((second - mean**2) / len(a))
+    assert bounds.integrator_output(lambda x, t: -x, 1.0, 0.5, 4, dim=3, generator=0).shape == (4, 3)
+    with pytest.raises(ValueError, match="n must be"):
+        bounds.integrator_output(score, 2.0, 0.1, 0)
+
+
+@pytest.mark.parametrize("d", [1, 2, 16, 256])
+def test_variance_ratio_tv_is_the_first_order_term_of_the_exact_tv(d):
+    for delta in (1e-3, 1e-4):
+        exact = gaussian_tv(np.zeros(d), 1 + delta, np.zeros(d), 1.0)
+        approx = bounds.variance_ratio_tv(1 + delta, d)
+        assert abs(approx / exact - 1) < 20 * delta * math.sqrt(d)  # the next order: relative O(delta sqrt(d))
+    mad = stats.chi2(d).expect(lambda v: abs(v - d))  # E|chi^2_d - d| by scipy's integration
+    assert bounds.variance_ratio_tv(3.0, d) == pytest.approx(0.5 * mad, rel=1e-7)
+    with pytest.raises(ValueError, match="ratio must be positive"):
+        bounds.variance_ratio_tv(0.0, d)
