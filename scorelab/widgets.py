@@ -410,26 +410,31 @@ class LangevinPlayground(Explorer):
         right.set(xticks=positions, xticklabels=["weight of\n(−5, −5)", "weight of\n(5, 5)", "reached\na mode"], ylim=(0, 1.05))
         right.set_title("mode weights (nearest mode)")
         right.legend(loc="upper left", fontsize="small")
-        return fig, left, particles, bars
+        # after a diverged run the bars are hidden and this says why (no weights exist, not zero ones)
+        diverged = right.text(0.5, 0.5, "diverged:\nno weights", ha="center", va="center", transform=right.transAxes,
+                              fontsize="large", color="firebrick", visible=False)  # fmt: skip
+        return fig, left, particles, [*bars, diverged]
 
     def render(self, fig: Figure) -> bytes:
-        _, left, particles, bars = self._parts
-        return self.render_over(fig, [particles, *bars, left.title])
+        _, left, particles, artists = self._parts
+        return self.render_over(fig, [particles, *artists, left.title])
 
     def draw(self) -> Figure:
         if self._parts is None:
             self._parts = self._build()
-        fig, left, particles, bars = self._parts
+        fig, left, particles, (*bars, diverged) = self._parts
         try:
             x = self.run()
-        except ValueError as err:  # divergence: say so instead of drawing NaNs
+        except ValueError as err:  # divergence: say so instead of drawing NaNs or empty bars
             left.set_title("diverged\n")
             particles.set_offsets(np.empty((0, 2)))
             for bar in bars:
-                bar.set_height(0.0)
+                bar.set_visible(False)
+            diverged.set_visible(True)
             self.status.value = f"<b>{err}</b>"
-            self.data = {"particles": np.empty((0, 2)), "weights": np.full(2, np.nan), "reached": np.nan}
+            self.data = {"particles": np.empty((0, 2)), "weights": None, "reached": None, "diverged": True}
             return fig
+        diverged.set_visible(False)
         nearest = self.mixture.responsibilities(x).argmax(1)
         counts = torch.bincount(nearest, minlength=2)
         weights = counts.double() / len(x)
@@ -437,11 +442,12 @@ class LangevinPlayground(Explorer):
         particles.set_offsets(x.numpy())
         for bar, height in zip(bars, [*weights.tolist(), reached]):
             bar.set_height(height)
+            bar.set_visible(True)
         mode = "annealed Langevin" if self.annealed.value else "Langevin"
         total = self.n_steps.value * (self.n_levels if self.annealed.value else 1)
         left.set_title(f"{mode}, {self.score_source.value} score, {total} steps\n{counts[0]} nearer (−5, −5), {counts[1]} nearer (5, 5)")
         se = np.sqrt(0.16 / len(x))
-        self.data = {"particles": x.numpy(), "weights": weights.numpy(), "reached": reached}
+        self.data = {"particles": x.numpy(), "weights": weights.numpy(), "reached": reached, "diverged": False}
         hint = "" if self.score_source.value == "exact" or self.model is not None else " (no learned model yet: showing the exact score)"
         warning = "" if reached > 0.95 else " — most particles have not reached a mode yet: the weights mean nothing"
         self.status.value = (

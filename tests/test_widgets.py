@@ -173,7 +173,12 @@ def test_playground_divergence_is_reported_not_drawn(playground):
     playground.sigma_max.value, playground.sigma_min.value, playground.annealed.value = 20.0, 0.1, True
     playground.step_size.value = 1.0
     assert "non-finite" in playground.status.value and "reduce step_size" in playground.status.value
-    assert np.isnan(playground.data["weights"]).all()
+    # no bars (neither NaN nor zero heights, which would read as "0 % reached"), a visible word instead
+    *bars, diverged = playground._parts[3]
+    assert playground.data["diverged"] and playground.data["reached"] is None
+    assert not any(bar.get_visible() for bar in bars) and diverged.get_visible()
+    playground.step_size.value = LangevinPlayground.DEFAULTS[True][0]  # a run that converges brings them back
+    assert not playground.data["diverged"] and all(bar.get_visible() for bar in bars) and not diverged.get_visible()
 
 
 def test_playground_learned_score(playground):
