@@ -125,9 +125,9 @@ def cfg_score(cond_score: Callable, uncond_score: Callable, scale: float) -> Cal
 
     Equal to s(x, t) + gamma [s(x, t | y) - s(x, t)], classifier guidance with the classifier implied by the two
     scores; gamma = 1 is the conditional score. Both callables `(x, t) -> s`, e.g. `with_label(model, y)` and
-    `with_label(model, NULL_LABEL)` of one network trained by `cfg_dsm`. Ho & Salimans' Eq. 6 writes
+    `with_label(model, NULL_LABEL)` of one network trained by `cfg_dsm`. Ho & Salimans write
     eps~ = (1 + w) eps(z, c) - w eps(z) for noise predictions eps = -sigma(t) s: the same combination with
-    gamma = 1 + w (their w = 0 is gamma = 1, the conditional score; lesson 07 checks the mapping).
+    gamma = 1 + w (their w = 0 is gamma = 1, the conditional score; lesson 07 checks that this code matches it).
     """
     check_callable("cond_score", cond_score)
     check_callable("uncond_score", uncond_score)
@@ -241,8 +241,9 @@ def linear_inverse_sample(
     process (consecutive z correlated as the forward SDE makes them, corr(z_s, z_t) = a sigma(s) / sigma(t) for
     x_t = a x_s + b w); "fixed": one z per particle for the whole path; "none": z = 0, y^_t = m(t) y. Lesson 07
     measures all four against `GaussianMixture.posterior`: redrawn at every step, the noise of y^_t averages out
-    over the steps, and the samples come out as narrow along A as with "none"; "forward" removes that narrowing,
-    "fixed" overshoots it; the error in the mode weights and along A's null space stays under every choice.
+    over the steps, and the samples come out as narrow along A as with "none" (at 20 steps, too few to average
+    over, "redraw" is wider); "forward" removes that narrowing, "fixed" overshoots it; the mode weights and the
+    mean along A's null space are wrong under every choice, and worse with "forward" than with "redraw".
 
     Discretisation (where this differs from the paper, whose score goes into a predictor as a whole): each step is
     the reverse-diffusion predictor with `score`, then the likelihood term's own flow
@@ -250,8 +251,9 @@ def linear_inverse_sample(
     (Euler) step of that term is unstable: its stiffness b^2 / (m(t)^2 noise_std^2) reaches ~10^4 near t = T for the
     VP SDE, and chains diverge within 100 steps. The exact flow is unconditionally stable; where the term is stiff it
     projects A x onto y^_t (hard data consistency, Song et al. 2022), and for a selection matrix A with
-    noise_std -> 0 it is `pc_sample`'s inpainting. The split changes the discretisation, not the limit: lesson 07's
-    variance ratio is the same at 200 and 1000 steps.
+    noise_std -> 0 it is `pc_sample`'s inpainting. What the split changes against the paper's unsplit step cannot
+    be measured where the unsplit step diverges (as it does in lesson 07's problem); lesson 07 shows only that the
+    split scheme's variance ratio is the same at 200 and 1000 steps.
 
     Args:
         score: `(x, t) -> s(x, t)` on `(n, D)` points. sde: a linear `SDE`. x: `(n, D)` start, e.g. `sde.prior_sample`.
@@ -313,7 +315,9 @@ def dps_sample(
     x <- x - zeta_i \nabla_{x_i} ||y - A x^_0(x_i)||^2. With `zeta=None`, zeta_i = b_i^2 / (2 noise_std^2) (b_i^2 the
     step's score coefficient): the step that the approximation itself gives, i.e. the guided score above in the
     same predictor. With a number zeta', zeta_i = zeta' / ||y - A x^_0(x_i)|| per particle: the step of the paper's
-    experiments, whose zeta' is tuned per task and does not involve noise_std (lesson 07 measures both).
+    experiments, whose zeta' is tuned per task and does not involve noise_std (lesson 07 measures both). DPS's
+    public code steps by c \nabla ||r|| = c \nabla ||r||^2 / (2 ||r||) with the norm over the whole batch: for a
+    batch of one, its scale c is this zeta' = c / 2.
     Differences from the paper's Algorithm 1: the reverse-diffusion predictor instead of the DDPM ancestral step (two
     discretisations of one reverse SDE), for any linear SDE; as there, the result is x^_0 at the last time `eps`.
     The step is explicit: it needs b_i^2 ||A J||^2 / noise_std^2 < 2 (J = dx^_0 / dx_t), so a small noise_std needs

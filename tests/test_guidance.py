@@ -86,7 +86,7 @@ def test_cfg_at_scale_one_is_the_conditional_score_and_interpolates_linearly():
     expected = net(x, t, -1) + gamma * (net(x, t, 2) - net(x, t, -1))
     torch.testing.assert_close(guidance.cfg_score(cond, uncond, gamma)(x, t), expected)
     assert not torch.allclose(net(x, t, 0), net(x, t, 1))  # the label reaches the output
-    # Ho & Salimans' Eq. 6 on noise predictions eps = -sigma(t) s: (1 + w) eps(x, y) - w eps(x) is gamma = 1 + w
+    # Ho & Salimans' guidance on noise predictions eps = -sigma(t) s: (1 + w) eps(x, y) - w eps(x) is gamma = 1 + w
     w, sigma = 2.5, sl.VPSDE().marginal_coeffs(t)[1][:, None]
     eps_guided = (1 + w) * (-sigma * net(x, t, 2)) - w * (-sigma * net(x, t, -1))
     torch.testing.assert_close(guidance.cfg_score(cond, uncond, 1 + w)(x, t), -eps_guided / sigma)
