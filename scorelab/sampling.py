@@ -410,7 +410,8 @@ def _euler_maruyama(sde, schedule, score, x, t, t_next, z):
 
 
 def _reverse_diffusion(sde, schedule, score, x, t, t_next, z):
-    """Reverse the exact forward step x_t = a x_next + b z: x <- x - (a - 1) x + b^2 s(x, t) + b z (Song et al. 2021, Eq. 46)."""
+    """Song et al. 2021, Eq. 46: the forward step x_t = a x_next + b z, its drift (a - 1) x and noise b reused backwards
+    with the drift's sign flipped and a score term added, x <- x - (a - 1) x + b^2 s(x, t) + b z (not an inverse)."""
     a, b = schedule.transition(t_next, t)
     mean = torch.mul(x, 2 - a).add_(score(x, _time_batch(t, x)), alpha=b * b)
     return torch.add(mean, z, alpha=b), mean
