@@ -219,7 +219,9 @@ def mode_summary(target, mixture: GaussianMixture, bounds=(-8.0, 8.0), cells: in
     so the regions tile the plane and, for separated modes, the masses are the mixing weights a law gives the
     modes. `target` is a tensor of samples `(n, D)` (fractions, sample moments) or a normalised log-density
     `(m, D) -> (m,)` (masses and moments by Gauss-Legendre quadrature on `cells`^D cells of bounds^D, 8^D nodes
-    each; mass outside the box is ignored: choose bounds that hold it; a region boundary that cuts a cell is placed
+    each; mass outside the box is ignored: choose bounds that hold it; a density computed in float32 may put up to
+    1 + 1e4 eps = 1.0012 on the box, its rounding when -E - log Z is formed from terms up to 1e4 in size, a float64
+    one up to 1 + 1e-6; a region boundary that cuts a cell is placed
     node by node, which misplaces at most the density on the boundary times 0.18 cell widths: nothing between
     separated modes). D = 1 or 2. The variance is
     \frac{1}{D} \mathrm{tr} \mathrm{Cov}(x \mid x \in \text{region } k); a region with no mass gets NaN moments.
@@ -241,9 +243,13 @@ def mode_summary(target, mixture: GaussianMixture, bounds=(-8.0, 8.0), cells: in
         check_int("cells", cells, minimum=1)
         points, quad = _quadrature_nodes(lo, hi, cells, mixture.dim)
         with torch.no_grad():
-            log_p = check_output("target", target(points.to(mixture.dtype)), points.shape[:1]).double().cpu()
+            log_p = check_output("target", target(points.to(mixture.dtype)), points.shape[:1])
+        # rounding: a log-density -E - log Z computed in float32 from terms up to 1e4 in size (a runaway energy)
+        # is off by up to 1e4 eps, and its mass by that factor; a float64 one is held to 1e-6
+        tolerance = max(1e-6, 1e4 * torch.finfo(log_p.dtype).eps) if log_p.is_floating_point() else 1e-6
+        log_p = log_p.double().cpu()
         weights = log_p.exp() * quad
-        if not bool(torch.isfinite(weights).all()) or weights.sum() > 1 + 1e-6:
+        if not bool(torch.isfinite(weights).all()) or weights.sum() > 1 + tolerance:
             raise ValueError(f"target puts mass {weights.sum().item():.6g} on the grid: it must be a normalised log-density")
     region = reference.responsibilities(points).argmax(1)
     K = mixture.n_components

@@ -119,6 +119,25 @@ def test_mode_summary_of_samples_agrees_with_that_of_their_density_within_binomi
     assert np.allclose(from_samples.variance, from_density.variance, rtol=0.05)
 
 
+def test_mode_summary_accepts_float32_rounding_of_a_normalised_density_and_refuses_real_excess():
+    """Lesson 08, exercise 1 (eps 0.5, alpha 0, seed 1): a runaway float32 energy normalised by its own log Z put
+    mass 1.00001 on the grid and crashed. Float32 rounding of -E - log Z with terms up to 1e4 is up to 1e4 eps
+    (1.2e-3) in mass; float64 is held to 1e-6; a real excess (1 %) is refused in either."""
+    from scorelab.metrics import mode_summary
+
+    mix = GaussianMixture([0.3, 0.7], [[-2.0, 0.0], [2.0, 0.0]], [0.5, 0.5])
+    bounds, cells = (-8.0, 8.0), 10
+    exact = mode_summary(mix.log_prob, mix, bounds, cells)
+    off = mode_summary(lambda x: mix.log_prob(x) + 1e-5, mix, bounds, cells)  # mass 1.00001, float32
+    assert off.mass.sum() == pytest.approx(1 + 1e-5, abs=1e-6)
+    assert off.mass == pytest.approx(exact.mass * (1 + 1e-5), rel=1e-6)
+    with pytest.raises(ValueError, match="normalised"):
+        mode_summary(lambda x: mix.log_prob(x) + 0.01, mix, bounds, cells)
+    mix64 = mix.to(dtype=torch.float64)
+    with pytest.raises(ValueError, match="normalised"):
+        mode_summary(lambda x: mix64.log_prob(x) + 1e-5, mix64, bounds, cells)
+
+
 @pytest.mark.parametrize(
     "args, error, match",
     [
