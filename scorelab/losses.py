@@ -93,6 +93,37 @@ def ism(score, x: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     return _reduce(trace + 0.5 * _flat_sum(s**2), reduction)
 
 
+def count_backward_passes(model: torch.nn.Module, step) -> int:
+    """How many times gradients flow back through `model`'s first `nn.Linear` layer while `step()` runs.
+
+    The cost of a score-matching loss in backward passes: ISM's exact trace needs one pass per
+    coordinate, tr nabla_x s = sum_i d s_i / d x_i (Hyvarinen 2005, Thm. 1), SSM one per projection
+    (Song et al. 2019, §3); the final `.backward()` for the parameters adds one. Counted with a
+    backward pre-hook on the first linear layer, so a pass that stops before reaching it is not
+    counted. Introduced in lesson 02.
+
+    Args:
+        model: a module containing at least one `torch.nn.Linear`.
+        step: a callable with no arguments (e.g. `lambda: losses.ism(model, x).backward()`).
+
+    Returns:
+        the number of backward passes through the first linear layer (an int >= 0).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_callable("step", step)
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None)
+    if first is None:
+        raise ValueError("model must contain a torch.nn.Linear layer (its first one is where passes are counted)")
+    calls = []
+    hook = first.register_full_backward_pre_hook(lambda module, grad_output: calls.append(1))
+    try:
+        step()
+    finally:
+        hook.remove()
+    return len(calls)
+
+
 def _gaussian_projections(shape, generator, dtype, device):
     return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 

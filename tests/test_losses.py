@@ -281,3 +281,29 @@ def test_persistent_chains_restarted_from_data_restart_at_the_batch():
     none_restart(_FlatEnergy(), x, torch.Generator().manual_seed(1))
     none_restart(_FlatEnergy(), x + 10.0, torch.Generator().manual_seed(2))
     assert (none_restart.chains - x).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("dim", [1, 3, 7])
+def test_count_backward_passes_ism_is_d_plus_one_ssm_two(dim):
+    torch.manual_seed(0)
+    model = ScoreMLP(dim, hidden=16, n_layers=2)
+    x = torch.randn(5, dim)
+    assert losses.count_backward_passes(model, lambda: losses.ism(model, x).backward()) == dim + 1
+    ssm_step = lambda: losses.ssm(model, x, generator=0).backward()  # noqa: E731
+    assert losses.count_backward_passes(model, ssm_step) == 2
+    four = lambda: losses.ssm(model, x, n_projections=4, generator=0).backward()  # noqa: E731
+    assert losses.count_backward_passes(model, four) == 2  # the projections are batched in one pass
+    assert losses.count_backward_passes(model, lambda: None) == 0
+    # the hook is removed afterwards, also when step raises
+    with pytest.raises(RuntimeError):
+        losses.count_backward_passes(model, lambda: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert not model.net[0]._backward_pre_hooks
+
+
+def test_count_backward_passes_bad_input():
+    with pytest.raises(TypeError, match="model"):
+        losses.count_backward_passes(lambda x: x, lambda: None)
+    with pytest.raises(TypeError, match="step"):
+        losses.count_backward_passes(ScoreMLP(2, hidden=4, n_layers=1), None)
+    with pytest.raises(ValueError, match="Linear"):
+        losses.count_backward_passes(torch.nn.Tanh(), lambda: None)
