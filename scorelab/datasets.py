@@ -364,3 +364,38 @@ IMAGE_DATASETS = {
     "fashion_mnist": lambda root, split="train", download=False: load_idx_images("fashion_mnist", root, split, download=download),
     "cifar10": load_cifar10,
 }
+
+
+# --- lesson 03: the curve with noise, as a sampler and as an exact law --------------------------------------------
+
+
+def curve_with_noise(scale: float):
+    """A sampler `(n, generator) -> (n, 2)` of curve(n) + scale * z, z ~ N(0, I) (lesson 03, section 4).
+
+    `scale = 0` gives the points exactly on x_2 = sin 2 x_1 (`curve`); `scale > 0` gives them a density,
+    p_scale = p_curve * N(0, scale^2 I) (Song & Ermon 2019, §3.1: noise fixes the manifold problem).
+    Introduced in lesson 03.
+    """
+    scale = check_nonnegative("scale", scale)
+
+    def sample(n: int, generator=None) -> torch.Tensor:
+        generator = as_generator(generator)
+        points = curve(n, generator=generator)
+        return points + scale * torch.randn(points.shape, generator=generator, dtype=points.dtype)
+
+    return sample
+
+
+def noisy_curve(sigma: float, nodes_per_sigma: int = 4) -> GaussianMixture:
+    """The law of curve + sigma z as a `GaussianMixture`: equal Gaussians N(m_j, sigma^2 I) at m_j = (u_j, sin 2 u_j).
+
+    A quadrature of x_1 ~ U(-2, 2) with nodes u_j `sigma / nodes_per_sigma` apart
+    (int(4 nodes_per_sigma / sigma) nodes): p_sigma(x) = E_u N(x; (u, sin 2u), sigma^2 I) ~ mean_j N(x; m_j, sigma^2 I).
+    Lesson 03 checks that doubling `nodes_per_sigma` moves the score-matching floor by less than its
+    Monte-Carlo error. Introduced in lesson 03.
+    """
+    check_positive("sigma", sigma, allow_tensor=False)
+    check_int("nodes_per_sigma", nodes_per_sigma, minimum=1)
+    u = torch.linspace(-2, 2, max(2, int(4 * nodes_per_sigma / sigma)), dtype=torch.get_default_dtype())
+    means = torch.stack([u, torch.sin(2 * u)], 1)
+    return GaussianMixture(torch.full((len(u),), 1 / len(u)), means, torch.full((len(u),), float(sigma) ** 2))

@@ -496,3 +496,52 @@ def classifier_fid(real: torch.Tensor, fake: torch.Tensor, classifier, batch_siz
     fid = frechet_distance(real_features, fake_features)
     confidence = fake_probs.max(1).values
     return ClassifierFID(fid, histogram, se, real_histogram, confidence.mean().item(), (confidence >= 0.9).double().mean().item())
+
+
+# --- lesson 03: the score-matching floor of a noisy curve, and which basin Langevin particles sit in -------------
+
+
+def ssm_floor(dist: GaussianMixture, n: int = 40_000, generator=0) -> Estimate:
+    """The lowest value of the (sliced/implicit) score-matching objective on data from `dist`, with its SE.
+
+    J(s) = E_p[tr grad s + 1/2 |s|^2] = 1/2 E_p|s - grad log p|^2 - 1/2 E_p|grad log p|^2 (Hyvärinen 2005, Thm 1),
+    so J_min = -1/2 E_p|grad log p|^2, estimated by Monte Carlo on `n` samples of `dist`. For a curve with
+    noise sigma (`datasets.noisy_curve`) it is close to -1/(2 sigma^2). Returns `Estimate(value, se)`.
+    Introduced in lesson 03.
+    """
+    if not isinstance(dist, GaussianMixture):
+        raise TypeError(f"dist must be a GaussianMixture, got {type(dist).__name__}")
+    check_int("n", n, minimum=2)
+    half_squared = 0.5 * (dist.score(dist.sample(n, generator=generator)) ** 2).sum(1)
+    return Estimate(-half_squared.mean().item(), half_squared.std().item() / math.sqrt(n))
+
+
+def sides_over_time(score, start: torch.Tensor, step_size: float, checkpoints, side, generator=1):
+    """ULA from `start` (n, d) with `step_size`, recording `side(x)` (n,) after each step listed in `checkpoints`.
+
+    Runs `sampling.langevin` (x <- x + eps s(x) + sqrt(2 eps) z) for max(checkpoints) steps with the given
+    `generator`, so two calls with the same generator share their noise (a paired ablation). `side` maps
+    the particles to a 0/1 label (lesson 03: which side of x_1 + x_2 = 0, i.e. which mode's basin).
+    Returns `(x, sides)`: the final particles (n, d) and the labels (len(checkpoints), n), 0 meaning after 0 steps.
+    Introduced in lesson 03.
+    """
+    from .sampling import langevin  # here: sampling is a heavier module
+
+    check_callable("score", score)
+    check_callable("side", side)
+    start = check_tensor("start", start, min_dim=2)
+    checkpoints = [int(c) for c in checkpoints]
+    if not checkpoints or any(c < 0 for c in checkpoints) or checkpoints != sorted(checkpoints):
+        raise ValueError(f"checkpoints must be a non-empty increasing list of step counts >= 0, got {checkpoints}")
+    recorded = {}
+    if 0 in checkpoints:
+        recorded[0] = side(start)
+
+    def record(state):
+        if state["i"] + 1 in checkpoints:
+            recorded[state["i"] + 1] = side(state["x"])
+
+    x = start
+    if checkpoints[-1] > 0:
+        x = langevin(score, start, step_size, checkpoints[-1], generator=generator, callback=record)
+    return x, torch.stack([recorded[c] for c in checkpoints])

@@ -43,3 +43,18 @@ def test_far_apart_mixture_is_the_song_ermon_pair():
     torch.testing.assert_close(mix.weights, torch.tensor([0.2, 0.8]))
     torch.testing.assert_close(mix.means, torch.tensor([[-5.0, -5.0], [5.0, 5.0]]))
     torch.testing.assert_close(mix.covs, torch.eye(2).expand(2, 2, 2))
+
+
+def test_curve_with_noise_and_noisy_curve():
+    """lesson 03: scale 0 is the curve itself; the noisy curve's mixture has the noise as its covariance."""
+    on = datasets.curve_with_noise(0.0)(500, torch.Generator().manual_seed(0))
+    assert torch.allclose(on[:, 1], torch.sin(2 * on[:, 0]))
+    off = datasets.curve_with_noise(0.1)(20_000, torch.Generator().manual_seed(0))
+    residual = off - datasets.curve(20_000, generator=torch.Generator().manual_seed(0))
+    assert abs(residual.std().item() - 0.1) < 0.005
+    law = datasets.noisy_curve(0.1)
+    assert len(law.weights) == 160 and torch.allclose(law.weights.sum(), torch.tensor(1.0, dtype=law.weights.dtype))
+    with pytest.raises(ValueError, match="scale"):
+        datasets.curve_with_noise(-1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        datasets.noisy_curve(0.0)

@@ -153,3 +153,27 @@ def test_mode_summary_refuses_bad_input(args, error, match):
 
     with pytest.raises(error, match=match):
         mode_summary(*args, bounds=(-8.0, 8.0), cells=4)
+
+
+def test_ssm_floor_of_a_gaussian_is_minus_d_over_two_variances():
+    """lesson 03: J_min = -1/2 E|grad log p|^2 = -d / (2 s^2) for N(0, s^2 I)."""
+    from scorelab.metrics import ssm_floor
+
+    est = ssm_floor(GaussianMixture([1.0], [[0.0, 0.0]], [0.25]), n=20_000)
+    assert abs(est.value + 2 / (2 * 0.25)) < 4 * est.se
+    with pytest.raises(TypeError, match="dist"):
+        ssm_floor(lambda x: x)
+
+
+def test_sides_over_time_records_each_checkpoint_and_pairs_the_noise():
+    """lesson 03: labels after 0, 1 and 5 steps; the same generator gives the same chain."""
+    from scorelab.metrics import sides_over_time
+
+    start = torch.randn(100, 2, generator=torch.Generator().manual_seed(0))
+    side = lambda x: (x.sum(1) < 0).float()
+    x, sides = sides_over_time(lambda x: -x, start, 0.1, [0, 1, 5], side)
+    assert sides.shape == (3, 100) and torch.equal(sides[0], side(start)) and torch.equal(sides[-1], side(x))
+    x2, _ = sides_over_time(lambda x: -x, start, 0.1, [5], side)
+    assert torch.equal(x, x2)
+    with pytest.raises(ValueError, match="checkpoints"):
+        sides_over_time(lambda x: -x, start, 0.1, [5, 1], side)
