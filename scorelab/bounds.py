@@ -181,7 +181,9 @@ def perturbed_score(dist: GaussianMixture, sde, epsilon: float, *, frequency: fl
     u(x, t) = v(x) / sqrt(E_{q_t} ||v||^2) with the smooth field v_j(x) = sin(\omega_j . x + \phi_j) (frequencies
     \omega_j ~ N(0, frequency^2 I) and phases fixed by `seed`); the normaliser is computed in closed form for every t,
     so E_{q_t} ||s(X, t) - \nabla log q_t(X)||^2 = epsilon^2 at every t and assumption A3 holds with exactly epsilon.
-    `sde` is a linear SDE (`OUSDE` for lesson 06); the result is a `score(x, t)` like `dist.marginal_score(sde)`.
+    `sde` is a linear SDE (`OUSDE` for lesson 06); the result is a `score(x, t)` like `dist.marginal_score(sde)`, with
+    the field's `omega` `(D, D)` (row j: omega_j) and `phase` `(D,)` as attributes, so a lesson can say which field it
+    shows.
     """
     dist64 = _check_mixture(dist)
     epsilon = check_nonnegative("epsilon", epsilon)
@@ -203,6 +205,7 @@ def perturbed_score(dist: GaussianMixture, sde, epsilon: float, *, frequency: fl
         u = field(flat) / field.mean_square(mean_scale, std).sqrt()[index, None]
         return s + (epsilon * u).reshape(x.shape).to(s.dtype)
 
+    score.omega, score.phase = field.omega, field.phase
     return score
 
 
@@ -535,7 +538,7 @@ def variance_ratio_tv(ratio: float, d: int) -> float:
     Lesson 06 compares the scheme's exact output law in d dimensions with it. Returns a float.
     """
     ratio = check_positive("ratio", ratio, allow_tensor=False)
-    check_int("d", d, minimum=1)
+    d = check_int("d", int(d) if isinstance(d, np.integer) else d, minimum=1)
     a = d / 2
     mean_abs_deviation = math.exp(math.log(4) + a * math.log(a) - a - math.lgamma(a))
     return abs(ratio - 1) * mean_abs_deviation / 4

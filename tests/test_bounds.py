@@ -194,6 +194,12 @@ def test_perturbed_score_has_exactly_the_chosen_error(t):
         t_batch = torch.full((n,), t, dtype=torch.float64)
         sq = ((bounds.perturbed_score(dist, sde, epsilon)(x, t_batch) - dist.marginal_score(sde)(x, t_batch)) ** 2).sum(1)
         assert abs(sq.mean().item() - epsilon**2) < 4 * sq.std().item() / math.sqrt(n)
+    field = bounds.perturbed_score(MIX_1D, sde, epsilon, frequency=2.0, seed=3)
+    assert field.omega.shape == (1, 1) and field.phase.shape == (1,)
+    x1 = torch.linspace(-3, 3, 7, dtype=torch.float64)[:, None]
+    t1 = torch.full((7,), 0.5, dtype=torch.float64)
+    direction = (field(x1, t1) - MIX_1D.marginal_score(sde)(x1, t1))[:, 0] / torch.sin(field.omega[0, 0] * x1[:, 0] + field.phase[0])
+    torch.testing.assert_close(direction, direction[:1].expand(7))  # the error is sin(omega x + phase) times one constant
     zero = bounds.perturbed_score(MIX_1D, sde, 0.0)
     torch.testing.assert_close(zero(x[:, :1], t_batch), MIX_1D.marginal_score(sde)(x[:, :1], t_batch))
 
