@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from scorelab import cli
+from scorelab import cli, datasets, metrics
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,13 @@ def main(argv=None) -> int:
     judge = out / "classifier" / "classifier.pt"
     if not judge.is_file():
         cli.main(["classifier", "--config", "mnist", "--data", args.data, "--split", "test", "--out", str(judge.parent)])
-    _, meta = cli.load_classifier(judge)
+    classifier, meta = cli.load_classifier(judge)
+    # the nulls, by the same pipeline with the model removed: real digits in place of samples
+    config = cli.apply_overrides(cli.CONFIGS["mnist-cpu"], args.overrides)
+    pixels, _ = cli.load_images(config, args.data)
+    real = datasets.to_model_range(pixels)
+    held, seen = real[len(real) - config.holdout :], real[: len(real) - config.holdout]
+    ceiling = metrics.classifier_fid(held, seen[: len(held)], classifier)
     run = out / "run"
     command = [sys.executable, "-m", "scorelab", "train", "--config", "mnist-cpu", "--data", args.data, "--out", str(run),
                "--steps", "1000000", f"classifier={judge}", f"fid_every={args.every}", f"fid_samples={args.samples}",
@@ -63,6 +69,8 @@ def main(argv=None) -> int:
     speed = [r["images_per_s"] for r in records if "images_per_s" in r]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; classifier accuracy on the 1 000 held-out digits "
           f"{meta['holdout_accuracy']:.3f}; training {sorted(speed)[len(speed) // 2]:.0f} images/s (median)")  # fmt: skip
+    print(f"real training digits in place of samples: confident {ceiling.confident_fraction:.3f}, classifier-FID "
+          f"{ceiling.fid:.2f} against the held-out ones (what a perfect model would score, up to sample size)")  # fmt: skip
     print(f"{'minutes':>8s} {'step':>6s} {'confident >= 0.9':>17s} {'classifier-FID':>15s}  class histogram (0-9)")
     for r in judged:
         histogram = " ".join(f"{v:.2f}" for v in r["class_histogram"])
