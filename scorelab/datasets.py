@@ -173,14 +173,18 @@ def _shape_distance(kind: str, dx: torch.Tensor, dy: torch.Tensor, r: torch.Tens
     return torch.minimum((rho - r).abs(), (rho - r / 2).abs()) - 0.75
 
 
-def shapes(n: int, size: int = 16, *, classes=SHAPES, weights=None, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
+def shapes(
+    n: int, size: int = 16, *, classes=SHAPES, weights=None, radius=(0.22, 0.34), spread: float = 1.0, generator=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Procedural images of white shapes on black, with labels and a chosen class balance (lesson 09).
 
     Each image holds one shape of `classes` (names from `SHAPES`), drawn with probability `weights` (uniform
-    unless given), at a random position and size (radius 0.22-0.34 of the image), anti-aliased over one pixel.
-    The classes differ in how hard they are: squares and disks are blobs, triangles have corners, concentric
-    circles are thin rings. Returns `(pixels, labels)`: uint8 `(n, 1, size, size)` in 0..255, and int64 `(n,)`
-    indices into `classes`. Scale with `to_model_range` for a model.
+    unless given), anti-aliased over one pixel, of radius r uniform in `radius` (fractions of `size`) and centred
+    uniformly within `spread` times the largest offset from the middle that keeps it inside the image (0: every
+    shape centred; 1: anywhere it fits). The classes differ in how hard they are: squares and disks are blobs,
+    triangles have corners, concentric circles are thin rings. Returns `(pixels, labels)`: uint8
+    `(n, 1, size, size)` in 0..255, and int64 `(n,)` indices into `classes`. Scale with `to_model_range` for a model.
+    The same `generator` gives the same labels, radii and positions (up to scale) whatever `radius` and `spread`.
     """
     check_int("n", n, minimum=1)
     check_int("size", size, minimum=8)
@@ -192,11 +196,18 @@ def shapes(n: int, size: int = 16, *, classes=SHAPES, weights=None, generator=No
     weights = torch.as_tensor(weights, dtype=torch.float64)
     if weights.shape != (len(classes),) or not (torch.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
         raise ValueError(f"weights must be {len(classes)} non-negative numbers, one per class, got {weights.tolist()}")
+    r_min, r_max = check_bounds(radius, "radius")
+    if r_min <= 0 or r_max > 0.5:
+        raise ValueError(f"radius must be a range of fractions of the image within (0, 0.5], got {tuple(radius)}")
+    spread = check_nonnegative("spread", spread, " (the fraction of the free offset a centre may use)")
+    if spread > 1:
+        raise ValueError(f"spread must lie in [0, 1], got {spread}")
     check_memory("n", n, 6 * 4 * size * size)  # float32 distances and intensities per image
     generator = as_generator(generator)
     labels = torch.multinomial(weights / weights.sum(), n, replacement=True, generator=generator)
-    r = size * (0.22 + 0.12 * torch.rand(n, generator=generator))
-    centre = size / 2 + (size / 2 - r[:, None] - 1.5) * (2 * torch.rand(n, 2, generator=generator) - 1)  # a ring reaches r + 1.25
+    r = size * (r_min + (r_max - r_min) * torch.rand(n, generator=generator))
+    free = (size / 2 - r[:, None] - 1.5).clamp_min(0)  # a ring reaches r + 1.25
+    centre = size / 2 + spread * free * (2 * torch.rand(n, 2, generator=generator) - 1)
     grid = torch.arange(size, dtype=torch.float32) + 0.5
     dx = (grid[None, None, :] - centre[:, 0, None, None]).expand(n, size, size)
     dy = (grid[None, :, None] - centre[:, 1, None, None]).expand(n, size, size)

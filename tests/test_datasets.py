@@ -58,3 +58,58 @@ def test_curve_with_noise_and_noisy_curve():
         datasets.curve_with_noise(-1.0)
     with pytest.raises(ValueError, match="sigma"):
         datasets.noisy_curve(0.0)
+
+
+# --- procedural shapes (lesson 09) ------------------------------------------------------------------------------
+
+
+def _extent(pixels):
+    """Per image: the lit rows' and columns' first and last index (pixels > 127)."""
+    lit = pixels[:, 0] > 127
+    rows, cols = lit.any(2), lit.any(1)
+    first = lambda m: m.float().argmax(1)  # noqa: E731
+    last = lambda m: m.shape[1] - 1 - m.flip(1).float().argmax(1)  # noqa: E731
+    return first(rows), last(rows), first(cols), last(cols)
+
+
+def test_shapes_radius_and_spread_set_size_and_position():
+    size = 24
+    centred, labels = datasets.shapes(400, size, classes=("square",), radius=(0.3, 0.3001), spread=0.0, generator=0)
+    assert (labels == 0).all()
+    top, bottom, left, right = _extent(centred)
+    # a square of half-side 0.8 r = 5.76 px centred at 12: lit rows 6..17, the same for every image
+    assert (top == 6).all() and (bottom == 17).all() and (left == 6).all() and (right == 17).all()
+    spread, _ = datasets.shapes(400, size, classes=("square",), radius=(0.3, 0.3001), spread=1.0, generator=0)
+    top, bottom, left, right = _extent(spread)
+    # the same size (11.5 px, so 11 or 12 lit rows at a sub-pixel position), many positions
+    assert ((bottom - top - 11).abs() <= 1).all() and len(top.unique()) > 3
+    small, _ = datasets.shapes(400, size, classes=("circle",), radius=(0.1, 0.15), generator=1)
+    large, _ = datasets.shapes(400, size, classes=("circle",), radius=(0.35, 0.4), generator=1)
+    # a disk of radius r lights about pi r^2 pixels
+    for images, (lo, hi) in ((small, (0.1, 0.15)), (large, (0.35, 0.4))):
+        area = (images > 127).flatten(1).sum(1).double()
+        assert math.pi * (lo * size - 0.5) ** 2 < area.min() and area.max() < math.pi * (hi * size + 0.5) ** 2
+
+
+def test_shapes_defaults_keep_their_draws_and_other_radii_keep_labels():
+    pixels, labels = datasets.shapes(300, 16, generator=3)
+    again, same_labels = datasets.shapes(300, 16, radius=(0.22, 0.34), spread=1.0, generator=3)
+    assert torch.equal(pixels, again) and torch.equal(labels, same_labels)
+    _, other_labels = datasets.shapes(300, 16, radius=(0.3, 0.4), spread=0.5, generator=3)
+    assert torch.equal(labels, other_labels)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(radius=(0.3, 0.2)), "radius"),
+        (dict(radius=(0.0, 0.2)), "radius"),
+        (dict(radius=(0.3, 0.6)), "radius"),
+        (dict(radius=0.3), "radius"),
+        (dict(spread=-0.1), "spread"),
+        (dict(spread=1.5), "spread"),
+    ],
+)
+def test_shapes_refuse_bad_radius_and_spread(kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=rf"\b{name}\b"):
+        datasets.shapes(10, 16, **kwargs)
