@@ -195,12 +195,46 @@ def class_frequencies(labels: torch.Tensor, n_classes: int) -> tuple[np.ndarray,
     sqrt(f (1 - f) / n): `(frequencies, standard_errors)`, each `(n_classes,)`. Lesson 09 compares the classes a
     model generates with the classes it was trained on."""
     check_int("n_classes", n_classes, minimum=1)
-    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.ndim != 1 or len(labels) == 0:
-        raise TypeError(f"labels must be a non-empty 1-D integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise ValueError(f"labels must lie in 0..{n_classes - 1}, got {labels.min().item()}..{labels.max().item()}")
-    freq = torch.bincount(labels.cpu(), minlength=n_classes).double().numpy() / len(labels)
+    labels = _check_labels("labels", labels, n_classes)
+    freq = torch.bincount(labels, minlength=n_classes).double().numpy() / len(labels)
     return freq, np.sqrt(freq * (1 - freq) / len(labels))
+
+
+def _check_labels(name: str, labels, n_classes: int) -> torch.Tensor:
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.ndim != 1 or len(labels) == 0:
+        raise TypeError(f"{name} must be a non-empty 1-D integer tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"{name} must lie in 0..{n_classes - 1}, got {labels.min().item()}..{labels.max().item()}")
+    return labels.cpu()
+
+
+def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, n_classes: int) -> np.ndarray:
+    """Counts `(n_classes, n_classes)`: entry [i, j] is the number of items of true class i labelled j (lesson 09).
+
+    Row i divided by its sum is the classifier's P(label j | class i); the diagonal's share of the total is its
+    accuracy. `labels` and `predicted` are 1-D integer tensors of one length, values in 0..n_classes-1.
+    """
+    check_int("n_classes", n_classes, minimum=1)
+    labels, predicted = _check_labels("labels", labels, n_classes), _check_labels("predicted", predicted, n_classes)
+    if labels.shape != predicted.shape:
+        raise ValueError(f"labels and predicted must have one entry per item, got {tuple(labels.shape)} and {tuple(predicted.shape)}")
+    return torch.bincount(labels * n_classes + predicted, minlength=n_classes**2).reshape(n_classes, n_classes).numpy()
+
+
+def nearest_neighbours(x: torch.Tensor, reference: torch.Tensor, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row of `x` `(n, *dims)`, the Euclidean distance to its nearest row of `reference` `(m, *dims)`
+    (flattened) and that row's index: `(distances (n,), indices (n,))` (lesson 09 labels a generated image by the
+    real image nearest to it, a second counter beside the classifier). Computed `batch_size` rows of `x` at a time.
+    """
+    check_tensor("x", x, min_dim=2)
+    check_tensor("reference", reference, min_dim=2)
+    check_int("batch_size", batch_size, minimum=1)
+    if x.shape[1:] != reference.shape[1:] or len(x) == 0 or len(reference) == 0:
+        raise ValueError(f"x and reference must be non-empty with one item shape, got {tuple(x.shape)} and {tuple(reference.shape)}")
+    flat, ref = x.reshape(len(x), -1), reference.reshape(len(reference), -1).to(x.dtype)
+    # the search through matrix products (fast, loses digits on tiny distances), the distance then exactly
+    index = torch.cat([torch.cdist(chunk, ref).argmin(1) for chunk in flat.split(batch_size)])
+    return (flat - ref[index]).norm(dim=1), index
 
 
 class ModeSummary(NamedTuple):

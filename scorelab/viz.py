@@ -11,6 +11,7 @@ are drawn in `SAMPLE_COLOR`, which stays visible on every part of `DENSITY_CMAP`
 
 from __future__ import annotations
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
@@ -295,3 +296,43 @@ def plot_images_by_class(images: torch.Tensor, labels: torch.Tensor, class_names
     for side in ax.spines.values():
         side.set_visible(False)
     return artist
+
+
+def plot_confusion(matrix, class_names, ax=None, title=None, cmap="Blues"):
+    """A confusion matrix (counts, rows = true class, columns = label given) coloured by each row's shares, i.e. the
+    estimated P(label | true class), with a colour bar from 0 to 1 and each cell's count written in it (lesson 09).
+    Returns the `AxesImage`."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(class_names) or (matrix < 0).any():
+        raise ValueError(f"matrix must be a square array of counts, one row per class of {list(class_names)}, got shape {matrix.shape}")
+    shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    ax = _ax(ax)
+    artist = ax.imshow(shares, cmap=cmap, vmin=0, vmax=1, origin="upper")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize="small", color="white" if shares[i, j] > 0.6 else "black")
+    k = np.arange(len(class_names))
+    ax.set_xticks(k, class_names, rotation=30, ha="right", fontsize="small")
+    ax.set_yticks(k, class_names, fontsize="small")
+    ax.set(xlabel="label given", ylabel="true class")
+    ax.grid(False)
+    add_colorbar(artist, ax, "share of the true class")
+    if title:
+        ax.set_title(title)
+    return artist
+
+
+def plot_masked_images(images: torch.Tensor, mask: torch.Tensor, ax=None, n_cols: int | None = None, title=None, color="#d1495b"):
+    """`plot_images` with the pixels where `mask` is False (unknown, in `pc_sample`'s convention) tinted in `color`, so
+    a figure shows which pixels were given and which were generated (lesson 09). `mask` broadcasts to `images`.
+    Returns the tint's `AxesImage`."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = known), got {getattr(mask, 'dtype', type(mask).__name__)}")
+    try:
+        unknown = (~mask).expand_as(images)
+    except RuntimeError:
+        raise ValueError(f"mask must broadcast to the images' shape {tuple(images.shape)}, got {tuple(mask.shape)}") from None
+    artist = plot_images(images, ax=ax, n_cols=n_cols, title=title)
+    tint = image_grid(unknown[:, :1].to(torch.uint8) * 255, n_cols, pad=1) == 255
+    rgba = np.zeros((*tint.shape, 4))
+    rgba[tint] = (*matplotlib.colors.to_rgb(color), 0.45)
+    return artist.axes.imshow(rgba, interpolation="nearest", origin="upper")
