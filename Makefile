@@ -44,6 +44,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) bench/threads.py
+	$(PY) bench/two_kernels.py --repeats 5 --settings default "scorelab (auto)" threads=1 GOMP_SPINCOUNT=0
 	$(PY) bench/sampling.py
 	$(PY) bench/sampling.py --particles 100000 --steps 10 --parts a
 	$(PY) bench/sampling.py --parts c

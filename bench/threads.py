@@ -5,8 +5,9 @@
 Prints, for each workload typical of the lessons, ms per call and the speed-up of N threads
 over 1. Measured on the 2-core CI machine (two runs): tiny training steps are a wash
 (0.90-1.11x, within run-to-run noise), while the mixture score on 20k points (1.8-1.9x) and
-an MLP forward on 20k points (1.7-1.9x) gain clearly. So scorelab keeps PyTorch's default
-of one intra-op thread per core (2 there) and sets nothing itself.
+an MLP forward on 20k points (1.7-1.9x) gain clearly. So a lone notebook keeps PyTorch's default of
+one intra-op thread per core (2 there); scorelab.threads lowers it only while other processes keep cores busy
+(bench/two_kernels.py).
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """scorelab: score-based generative modelling, taught by experiment against exact answers.
 
 Public names are re-exported here; submodules hold the rest:
-`bounds`, `datasets`, `distributions`, `guidance`, `likelihood`, `losses`, `metrics`, `nets`, `noise`, `sampling`, `sde`,
+`bounds`, `datasets`, `distributions`, `guidance`, `likelihood`, `losses`, `metrics`, `nets`, `noise`, `sampling`, `sde`, `threads`,
 `train`, `viz`, `cli` (the `scorelab train` / `scorelab sample` commands, imported on demand), and
 `widgets` (imported on demand: it needs ipywidgets).
 """
 
-from . import bounds, datasets, distributions, guidance, likelihood, losses, metrics, nets, noise, sampling, sde, train, viz
+from . import bounds, datasets, distributions, guidance, likelihood, losses, metrics, nets, noise, sampling, sde, threads, train, viz
 from .distributions import GaussianMixture, banana_energy, score_from_energy
 from .nets import EMA, ClassifierMLP, EnergyMLP, FourierFeatures, ScoreMLP, UNet, UNetConfig
 from .sde import OUSDE, SDE, VESDE, VPSDE, SubVPSDE
@@ -46,6 +46,7 @@ __all__ = [
     "save_checkpoint",
     "sde",
     "score_from_energy",
+    "threads",
     "train",
     "viz",
 ]

@@ -37,6 +37,7 @@ from ._checks import (
 )
 from .distributions import _quadrature_nodes, score_from_energy
 from .sampling import langevin
+from .threads import adapt as adapt_threads
 
 REDUCTIONS = ("mean", "none")
 
@@ -51,6 +52,7 @@ def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def _prepare(score, x, reduction):
+    adapt_threads()  # training loops call a loss every step: the place to share the cores (scorelab.threads)
     check_callable("score", score)
     check_tensor("x", x, min_dim=2)
     check_choice("reduction", reduction, REDUCTIONS)

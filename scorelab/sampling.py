@@ -48,6 +48,7 @@ from ._checks import (
 )
 from .noise import check_sigmas
 from .sde import probability_flow_drift, reverse_drift, transition_from_marginals
+from .threads import adapt as adapt_threads
 
 
 class DivergenceError(FloatingPointError, ValueError):
@@ -94,6 +95,7 @@ class _GuardedStep:
         self.guard, self.x, self.i, self.error = guard, x, i, error
 
     def __enter__(self):
+        adapt_threads()  # a clock read unless it is time to look at the machine's load (scorelab.threads)
         self.skipping = values_checked_by_caller()  # these checks stand in for the scores' own scans of their input
         self.skipping.__enter__()
 

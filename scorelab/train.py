@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ._checks import check_callable, check_choice, check_device, check_int, check_path, check_positive, check_tensor
 from .nets import EMA
+from .threads import adapt as adapt_threads
 
 CHECKPOINT_FORMAT = "scorelab-checkpoint-v1"
 
@@ -455,6 +456,7 @@ def fit(
             module_rng += [torch.Generator(device).manual_seed(seed).get_state()] if device.type == "cuda" else []
         _set_module_rng_state(module_rng, device)
         for i in bar:
+            adapt_threads()
             if config.warmup_steps:
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * min(1.0, (i + 1) / config.warmup_steps)
