@@ -11,6 +11,7 @@ so the same call serves 2-D points and images. Introduced in lesson 02.
     dsm   denoising score matching     1/2 E||s(x~) + (x~ - x)/sigma^2||^2           (Vincent 2011)
     ncsn  multi-scale DSM, lambda(sigma) = sigma^2                               (Song & Ermon 2019, Eq. 6)
     sde_dsm  continuous-time DSM for an SDE, lambda(t) = sigma(t)^2 or g(t)^2          (Song et al. 2021, Eq. 7)
+    flow_matching  conditional flow matching   E||v(x_t, t) - (alpha_dot x + sigma_dot eps)||^2   (Lipman et al. 2023, Eq. 9)
 
 and, for energy-based models (lesson 08), contrastive divergence (`contrastive_divergence`, `ContrastiveDivergence`) and
 exact maximum likelihood with Z by quadrature on a box (`quadrature_nll`, 1-D and 2-D only).
@@ -30,13 +31,16 @@ from ._checks import (
     check_int,
     check_nonnegative,
     check_output,
+    check_per_sample,
     check_positive,
     check_probability,
     check_sde,
     check_tensor,
 )
 from .distributions import _quadrature_nodes, score_from_energy
+from .paths import path_coefficients
 from .sampling import langevin
+from .sde import check_gaussian_path
 from .threads import adapt as adapt_threads
 
 REDUCTIONS = ("mean", "none")
@@ -259,6 +263,60 @@ def sde_dsm(
     else:
         per_sample = 0.5 * sde.diffusion(t).to(x.dtype) ** 2 * _flat_sum((s + z / std) ** 2)
     return _reduce(per_sample, reduction)
+
+
+def flow_matching(
+    velocity,
+    x: torch.Tensor,
+    path,
+    eps: float = 1e-3,
+    generator=None,
+    *,
+    marginal_velocity=None,
+    t=None,
+    noise=None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""Conditional flow matching on a Gaussian path (Lipman et al. 2023, Eq. 9 and Thm. 2).
+
+    t ~ U(eps, T), eps ~ N(0, I), x_t = alpha(t) x + sigma(t) eps, and ||v_theta(x_t, t) - (alpha_dot x + sigma_dot eps)||^2:
+    the target is the velocity of the conditional path through x, whose conditional mean given x_t is the marginal
+    velocity u_t(x_t) (`paths.mixture_field`), so the loss is minimised by u_t. With `marginal_velocity` (a field
+    `(x, t) -> u_t`) the target is u_t(x_t) itself: marginal flow matching (Lipman et al. 2023, Eq. 5), which differs
+    from the conditional loss by a constant free of theta (their Thm. 2; lesson 10 shows it numerically).
+    Time runs from data (t = 0) to noise (t = T) here, the reverse of Lipman et al.'s convention; no factor 1/2.
+
+    Args:
+        velocity: `(x, t) -> v` with t a `(batch,)` tensor, e.g. `nets.ScoreMLP(D, n_fourier=16)`.
+        x: `(batch, *dims)` data. path: a `sde.GaussianPath` (`LinearPath()`, `VPSDE()`, ...).
+        eps: the smallest time drawn. t, noise: optional `(batch,)` times and standard-normal draws of x's shape
+            (common random numbers: two losses on the same draws); drawn from `generator` when omitted.
+    Returns:
+        the mean over the batch, or `(batch,)` values with `reduction="none"`.
+    Introduced in lesson 10.
+    """
+    check_callable("velocity", velocity)
+    check_tensor("x", x, min_dim=2)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_gaussian_path("path", path)
+    eps = path.check_eps(eps)
+    if marginal_velocity is not None:
+        check_callable("marginal_velocity", marginal_velocity)
+    generator = as_generator(generator, x.device)
+    if t is None:
+        t = eps + (path.T - eps) * torch.rand(len(x), generator=generator, dtype=x.dtype, device=x.device)
+    else:
+        t = path.check_time(check_per_sample("t", t, len(x), x), "t")
+    z = _standard_noise(x, generator, noise)
+    alpha, sigma, alpha_dot, sigma_dot = path_coefficients(path, t, x)
+    x_t = alpha * x + sigma * z
+    if marginal_velocity is None:
+        target = alpha_dot * x + sigma_dot * z
+    else:
+        with torch.no_grad():
+            target = check_output("marginal_velocity", marginal_velocity(x_t, t), x.shape)
+    v = check_output("velocity", velocity(x_t, t), x.shape)
+    return _reduce(_flat_sum((v - target) ** 2), reduction)
 
 
 # --- energy-based models: maximum likelihood by contrastive divergence (lesson 08) --------------------------------

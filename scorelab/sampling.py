@@ -21,7 +21,8 @@ Song et al. 2021; their callbacks carry the forward time `t` instead of `sigma`,
 `exponential_integrator`, the discretisation of the reverse OU SDE that Chen et al. 2023 analyse.
 
 Introduced in lessons 03 (`langevin`, `mala`), 04 (`annealed_langevin`, `score_on_unknown`), 05 (`pc_sample`,
-`ode_sample`) and 06 (`exponential_integrator`).
+`ode_sample`), 06 (`exponential_integrator`) and 10 (`flow_sample`: Euler, Heun, DDIM and DPM-Solver-2 on any
+Gaussian path at a fixed number of field evaluations).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ from ._checks import (
     values_checked_by_caller,
 )
 from .noise import check_sigmas
-from .sde import probability_flow_drift, reverse_drift, transition_from_marginals
+from .paths import PREDICTIONS, from_x0_eps, to_x0_eps
+from .sde import check_gaussian_path, probability_flow_drift, reverse_drift, transition_from_marginals
 from .threads import adapt as adapt_threads
 
 
@@ -816,3 +818,183 @@ def ode_sample(
             n_saved=n_saved, prepare=prepare,
         )  # fmt: skip
     return (out, nfe) if return_nfe else out
+
+
+# --- fixed-NFE ODE samplers on a Gaussian path (lesson 10) -----------------------------------------------------
+
+#: the time grids of `flow_sample`: uniform in t; Karras et al. 2022's (Eq. 5, rho-spaced in sigma / alpha); uniform
+#: in the half log-SNR lambda = log(alpha / sigma) (Lu et al. 2022, Sec. 3.3, "logSNR")
+FLOW_SCHEDULES = ("uniform", "edm", "logsnr")
+
+
+def flow_time_grid(
+    path, n_steps: int, *, schedule: str = "uniform", eps: float = 1e-3, t_max: float | None = None, rho: float = 7.0
+) -> list[float]:
+    r"""The `n_steps + 1` times t_max = t_0 > t_1 > ... > t_N = eps that `flow_sample` steps through.
+
+    "uniform": equal steps in t. "edm": the EDM noise levels (Karras et al. 2022, Eq. 5)
+    s_i = (s_max^{1/rho} + i/N (s_min^{1/rho} - s_max^{1/rho}))^rho with s = sigma(t) / alpha(t) = e^{-lambda},
+    mapped back to t (their t_i = sigma^{-1}(sigma_i)); as their N + 1 nodes without the final sigma = 0 (here the
+    last node is eps). "logsnr": equal steps in lambda = log(alpha / sigma) (Lu et al. 2022, Sec. 3.3).
+    The last two need a finite lambda at t_max: on a path with alpha(T) = 0 (`LinearPath`) pass t_max < T.
+    Introduced in lesson 10.
+    """
+    check_gaussian_path("path", path)
+    check_int("n_steps", n_steps, minimum=1)
+    check_choice("schedule", schedule, FLOW_SCHEDULES)
+    eps = path.check_eps(eps)
+    t_max = path.T if t_max is None else path.check_time(check_positive("t_max", t_max, allow_tensor=False), "t_max").item()
+    if t_max <= eps:
+        raise ValueError(f"t_max must exceed eps = {eps}, got {t_max}")
+    rho = check_positive("rho", rho, allow_tensor=False)
+    i = torch.arange(n_steps + 1, dtype=torch.float64) / n_steps
+    if schedule == "uniform":
+        times = t_max + i * (eps - t_max)
+    else:
+        lam_max, lam_min = path.half_log_snr(torch.tensor([t_max, eps], dtype=torch.float64)).tolist()
+        if not (math.isfinite(lam_max) and math.isfinite(lam_min)):
+            raise ValueError(
+                f"schedule={schedule!r} needs a finite log-SNR at t_max and eps, and {path!r} has none at t_max={t_max}: "
+                "pass t_max < T, or schedule='uniform'"
+            )
+        if schedule == "edm":  # s = sigma / alpha = exp(-lambda)
+            s_max, s_min = math.exp(-lam_max), math.exp(-lam_min)
+            lam = -rho * torch.log(s_max ** (1 / rho) + i * (s_min ** (1 / rho) - s_max ** (1 / rho)))
+        else:
+            lam = lam_max + i * (lam_min - lam_max)
+        times = path.time_of_half_log_snr(lam)
+    times[0], times[-1] = t_max, eps  # the ends exactly, not to round-off
+    return times.tolist()
+
+
+class _PathCoefficients:
+    """(alpha, sigma, alpha_dot, sigma_dot, lambda) of a path at a sampler's times, as floats, worked out once each."""
+
+    def __init__(self, path):
+        self.path, self.known = path, {}
+
+    def __call__(self, t: float) -> tuple[float, ...]:
+        if t not in self.known:
+            time = torch.tensor([t], dtype=torch.float64)
+            values = [c.item() for c in (*self.path.marginal_coeffs(time), *self.path.marginal_coeffs_dot(time))]
+            self.known[t] = (*values, math.log(values[0]) - math.log(values[1]) if values[0] > 0 and values[1] > 0 else math.nan)
+        return self.known[t]
+
+
+def _euler_flow(predict, coeffs, x, t, t_next):
+    """x <- x + (t_next - t) u(x, t)."""
+    return x + (t_next - t) * predict(x, t, "velocity")
+
+
+def _heun_flow(predict, coeffs, x, t, t_next):
+    """Heun's method, Karras et al. 2022, Alg. 1 (the 2nd-order correction at every step: none ends at sigma = 0)."""
+    h = t_next - t
+    slope = predict(x, t, "velocity")
+    x_euler = x + h * slope
+    return x + 0.5 * h * (slope + predict(x_euler, t_next, "velocity"))
+
+
+def _ddim_flow(predict, coeffs, x, t, t_next):
+    """DDIM with eta = 0 (Song, Meng & Ermon 2021, Eq. 12): x <- alpha_next x0 + sigma_next eps, both predicted at
+    (x, t); the exponential integrator of the probability-flow ODE with the prediction frozen over the step (Lu et
+    al. 2022, Eq. 3.7 with k = 1)."""
+    x0, eps = predict(x, t, "pair")
+    alpha_next, sigma_next = coeffs(t_next)[:2]
+    return alpha_next * x0 + sigma_next * eps
+
+
+def _dpm_solver_2_flow(predict, coeffs, x, t, t_next):
+    """DPM-Solver-2 (Lu et al. 2022, Alg. 1, r1 = 1/2): an intermediate time s at the midpoint in lambda,
+    u = (alpha_s / alpha_t) x - sigma_s (e^{h/2} - 1) eps(x, t), x <- (alpha_next / alpha_t) x - sigma_next (e^h - 1) eps(u, s)."""
+    alpha_t, _, _, _, lam_t = coeffs(t)
+    alpha_next, sigma_next, _, _, lam_next = coeffs(t_next)
+    h = lam_next - lam_t
+    s = coeffs.path.time_of_half_log_snr(torch.tensor(lam_t + 0.5 * h, dtype=torch.float64)).item()
+    alpha_s, sigma_s = coeffs(s)[:2]
+    u = (alpha_s / alpha_t) * x - sigma_s * math.expm1(0.5 * h) * predict(x, t, "eps")
+    return (alpha_next / alpha_t) * x - sigma_next * math.expm1(h) * predict(u, s, "eps")
+
+
+#: the solvers of `flow_sample`: (step, field evaluations per step, default time grid)
+FLOW_SOLVERS = {
+    "euler": (_euler_flow, 1, "uniform"),
+    "heun": (_heun_flow, 2, "edm"),
+    "ddim": (_ddim_flow, 1, "uniform"),
+    "dpm_solver_2": (_dpm_solver_2_flow, 2, "logsnr"),
+}
+
+
+def flow_sample(
+    field: Callable,
+    path,
+    x: torch.Tensor,
+    n_steps: int,
+    *,
+    solver: str = "heun",
+    prediction: str = "score",
+    schedule: str | None = None,
+    eps: float = 1e-3,
+    t_max: float | None = None,
+    rho: float = 7.0,
+    return_nfe: bool = False,
+    callback: Callable[[dict], None] | None = None,
+):
+    r"""Integrate the probability-flow ODE dx/dt = u_t(x) of a Gaussian path from t_max (default T) down to eps
+    with a fixed number of field evaluations.
+
+    u_t is the marginal velocity E[alpha_dot x_0 + sigma_dot eps | x_t = x] (Lipman et al. 2023), which for an SDE
+    path is its probability-flow drift f x - g^2 s / 2 (Song et al. 2021, Eq. 13): one ODE, whatever the field was
+    trained to predict (`prediction`, turned into what each solver needs by `paths.convert`). Solvers (`FLOW_SOLVERS`):
+
+        "euler"         x <- x + h u(x, t)                                            1 evaluation per step, order 1
+        "heun"          Heun / trapezoidal predictor-corrector (Karras et al. 2022, Alg. 1)  2 per step, order 2
+        "ddim"          x <- alpha' x0_hat + sigma' eps_hat (Song, Meng & Ermon 2021)  1 per step, order 1
+        "dpm_solver_2"  exponential integrator with a midpoint in lambda (Lu et al. 2022, Alg. 1)  2 per step, order 2
+
+    DDIM and DPM-Solver-2 integrate the linear part of the ODE exactly in lambda = log(alpha / sigma): for data at
+    a single point DDIM is exact (x0_hat is constant). The time grid is `flow_time_grid`'s `schedule` (default: the
+    solver's, uniform for Euler and DDIM, "edm" with `rho` for Heun, "logsnr" for DPM-Solver-2). Unlike EDM, the
+    last step ends at eps > 0 and is corrected too.
+
+    Args:
+        field: `(x, t) -> prediction` with t a `(batch,)` tensor of times: a network, or `paths.mixture_field`, or
+            a mixture's `marginal_score(sde)`. path: a `sde.GaussianPath` (`LinearPath`, `VPSDE`, ...).
+        x: `(batch, *dims)` samples of the prior at t_max, e.g. `path.prior_sample(shape)`.
+        n_steps: N >= 1; the number of field evaluations (NFE) is N for euler and ddim, 2N for heun and dpm_solver_2.
+        prediction: what `field` returns, "score", "velocity", "x0" or "eps".
+        return_nfe: also return the number of field evaluations.
+    Returns:
+        x at eps, of x's shape (and the NFE). `callback` gets `{"x", "i", "t"}` after every step.
+    Introduced in lesson 10.
+    """
+    check_callable("field", field)
+    check_tensor("x", x, min_dim=2)
+    _check_callback(callback)
+    check_choice("solver", solver, FLOW_SOLVERS)
+    check_choice("prediction", prediction, PREDICTIONS)
+    step, _, default_schedule = FLOW_SOLVERS[solver]
+    times = flow_time_grid(path, n_steps, schedule=schedule or default_schedule, eps=eps, t_max=t_max, rho=rho)
+    coeffs, nfe = _PathCoefficients(path), 0
+    field = checked_score(field, "field")
+
+    def predict(y, t, target):
+        nonlocal nfe
+        nfe += 1
+        c = coeffs(t)[:4]
+        pair = to_x0_eps(field(y, _time_batch(t, y)), y, c, prediction)
+        return pair if target == "pair" else from_x0_eps(*pair, c, target)
+
+    x = x.detach().clone()
+    guard = _FiniteGuard(n_steps, callback)
+    with torch.no_grad():
+        for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+            error = lambda steps, t_next=t_next: DivergenceError(  # noqa: E731
+                f"flow_sample's particles became non-finite {steps} (by t={t_next:.4g}, solver={solver}): the field is not "
+                f"finite there; raise eps, lower t_max, or take more steps (n_steps={n_steps})"
+            )
+            with guard.step(x, i, error):
+                x = step(predict, coeffs, x, t, t_next)
+            guard.check(x, i, error)
+            if callback is not None:
+                callback({"x": x, "i": i, "t": t_next})
+    return (x, nfe) if return_nfe else x

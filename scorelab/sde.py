@@ -10,8 +10,12 @@ SDEs*, Sec. 3 and App. B). Samplers, losses and likelihoods are written once aga
     SubVPSDE(beta_min, beta_max)         f = -beta(t)/2,  g = sqrt(beta(t) (1 - exp(-2 int_0^t beta)))
     OUSDE(T)                             f = -1,          g = sqrt(2)                 (Chen et al. 2023)
 
+Each SDE is a `GaussianPath` x_t = alpha(t) x_0 + sigma(t) eps (alpha = m): the one notion of a noising path, with
+alpha_dot, sigma_dot worked out from f and g. `LinearPath` (alpha = 1 - t, sigma = t, flow matching) is a path
+without an SDE class; the samplers and the loss of lesson 10 take any path.
+
 `t` is a float or a `(batch,)` tensor; coefficients come back as tensors of t's shape (float64 for
-floats). Introduced in lesson 05.
+floats). Introduced in lesson 05 (paths: lesson 10).
 """
 
 from __future__ import annotations
@@ -47,29 +51,32 @@ def _as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
     return torch.tensor(float(t), dtype=torch.float64)
 
 
-class SDE:
-    """A linear forward SDE dX = f(t) X dt + g(t) dB on [0, T]. Subclasses define the schedule."""
+class GaussianPath:
+    r"""A Gaussian conditional probability path x_t = alpha(t) x_0 + sigma(t) eps, eps ~ N(0, I), on [0, T].
+
+    What every path-level computation reads: `marginal_coeffs(t) = (alpha(t), sigma(t))` and their time derivatives
+    `marginal_coeffs_dot(t) = (alpha_dot(t), sigma_dot(t))` (Lipman et al. 2023, Sec. 4; Kingma et al. 2021, Sec. 2).
+    The SDEs below are paths too (`SDE` subclasses this): for a linear SDE, alpha and sigma are its transition
+    kernel's mean scale and std, and it adds the drift and diffusion that generate them. `LinearPath` is a path with
+    no SDE class of its own. The exact velocity, score, x0- and eps-predictions of a mixture under any path, and the
+    conversions between them, are in `scorelab.paths`. Introduced in lesson 10 (the SDEs in lesson 05).
+    """
 
     T: float = 1.0
 
-    # -- the schedule: subclasses implement these three ---------------------------------------
-    def drift_coeff(self, t: torch.Tensor) -> torch.Tensor:
-        """f(t): the drift is f(t) x."""
-        raise NotImplementedError
-
-    def diffusion(self, t) -> torch.Tensor:
-        """g(t)."""
-        raise NotImplementedError
-
     def marginal_coeffs(self, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """(m(t), sigma(t)): p_0t(x_t | x_0) = N(m(t) x_0, sigma(t)^2 I)."""
+        """(alpha(t), sigma(t)): p_0t(x_t | x_0) = N(alpha(t) x_0, sigma(t)^2 I)."""
+        raise NotImplementedError
+
+    def marginal_coeffs_dot(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d alpha / dt, d sigma / dt) at t."""
         raise NotImplementedError
 
     def prior_std(self) -> float:
         """Standard deviation of the prior N(0, prior_std^2 I) that stands in for p_T."""
         return 1.0
 
-    # -- derived, shared by every SDE ---------------------------------------------------------
+    # -- derived, shared by every path --------------------------------------------------------
     def check_time(self, t, name: str = "t") -> torch.Tensor:
         """`t` as a tensor, with every entry in [0, T] (T up to float32 rounding)."""
         t = _as_time(t)
@@ -92,10 +99,21 @@ class SDE:
             raise ValueError(f"eps must be below T = {self.T}, got {eps}")
         return eps
 
-    def drift(self, x: torch.Tensor, t) -> torch.Tensor:
-        """f(t) x, with `t` a float or `(batch,)` tensor."""
-        check_batch_size("t", t, len(x))
-        return append_dims(self.drift_coeff(_as_time(t, x)).to(x.dtype), x.ndim) * x
+    def half_log_snr(self, t) -> torch.Tensor:
+        """lambda(t) = log(alpha(t) / sigma(t)), decreasing in t (Lu et al. 2022, Sec. 3.1); +inf where sigma = 0."""
+        alpha, sigma = self.marginal_coeffs(t)
+        return alpha.log() - sigma.log()
+
+    def time_of_half_log_snr(self, lam) -> torch.Tensor:
+        """The time t in [0, T] with `half_log_snr(t) = lam` (a float64 tensor), by bisection to float64 round-off:
+        t_lambda of Lu et al. 2022, for any path whose lambda decreases."""
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        lo, hi = torch.zeros_like(lam), torch.full_like(lam, self.T)
+        for _ in range(64):  # 2^-64 T: below float64's resolution on [0, T]
+            mid = 0.5 * (lo + hi)
+            above = self.half_log_snr(mid) > lam  # lambda still too high: the time lies later
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
 
     def marginal_sample(self, x0: torch.Tensor, t, generator=None) -> torch.Tensor:
         """A draw of x_t given x_0: m(t) x_0 + sigma(t) z."""
@@ -117,6 +135,63 @@ class SDE:
         flat = x.reshape(len(x), -1)
         var = self.prior_std() ** 2
         return -0.5 * (flat**2).sum(1) / var - 0.5 * flat.shape[1] * math.log(2 * math.pi * var)
+
+
+class LinearPath(GaussianPath):
+    """The linear path of flow matching / rectified flow: alpha(t) = 1 - t, sigma(t) = t on [0, 1], so x_1 ~ N(0, I)
+    exactly and x_t interpolates data and noise on a straight line (Lipman et al. 2023, Sec. 4.1 with sigma_min = 0
+    and time reversed; Liu et al. 2023). Introduced in lesson 10."""
+
+    def marginal_coeffs(self, t):
+        t = self._time(t)
+        return 1 - t, t.clone()
+
+    def marginal_coeffs_dot(self, t):
+        t = self._time(t)
+        return torch.full_like(t, -1.0), torch.ones_like(t)
+
+    def __repr__(self):
+        return "LinearPath()"
+
+
+def check_gaussian_path(name: str, path) -> None:
+    """`path` must be a Gaussian path (`scorelab.LinearPath()`, or an SDE such as `scorelab.VPSDE()`)."""
+    if not all(hasattr(path, attr) for attr in ("marginal_coeffs", "marginal_coeffs_dot", "check_eps", "T")):
+        hint = f"the string {path!r}: build the object, e.g. scorelab.LinearPath()" if isinstance(path, str) else type(path).__name__
+        raise TypeError(f"{name} must be a Gaussian path such as scorelab.LinearPath() or scorelab.VPSDE(), got {hint}")
+
+
+class SDE(GaussianPath):
+    """A linear forward SDE dX = f(t) X dt + g(t) dB on [0, T]: a Gaussian path with alpha = m(t), sigma = sigma(t)
+    generated by a drift and a diffusion. Subclasses define the schedule."""
+
+    # -- the schedule: subclasses implement these three ---------------------------------------
+    def drift_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        """f(t): the drift is f(t) x."""
+        raise NotImplementedError
+
+    def diffusion(self, t) -> torch.Tensor:
+        """g(t)."""
+        raise NotImplementedError
+
+    def marginal_coeffs(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(m(t), sigma(t)): p_0t(x_t | x_0) = N(m(t) x_0, sigma(t)^2 I)."""
+        raise NotImplementedError
+
+    # -- derived, shared by every SDE ---------------------------------------------------------
+    def marginal_coeffs_dot(self, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dm/dt, dsigma/dt) from the drift and diffusion: dm/dt = f m and d(sigma^2)/dt = 2 f sigma^2 + g^2, the
+        moment equations of a linear SDE (Sarkka & Solin 2019, Eq. 6.2; Song et al. 2021, Eq. 33). Infinite at a
+        time where sigma = 0 (t = 0 for every SDE here, whose sigma grows like sqrt(t))."""
+        t = self._time(t)
+        f, g2 = self.drift_coeff(t), self.diffusion(t) ** 2
+        mean_scale, std = self.marginal_coeffs(t)
+        return f * mean_scale, (f * std**2 + 0.5 * g2) / std
+
+    def drift(self, x: torch.Tensor, t) -> torch.Tensor:
+        """f(t) x, with `t` a float or `(batch,)` tensor."""
+        check_batch_size("t", t, len(x))
+        return append_dims(self.drift_coeff(_as_time(t, x)).to(x.dtype), x.ndim) * x
 
     def transition_coeffs(self, s, t) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b) with x_t = a x_s + b z for s < t: a = m(t)/m(s), b^2 = sigma(t)^2 - a^2 sigma(s)^2 (exact for linear SDEs)."""

@@ -21,6 +21,7 @@ from scorelab import (
     EnergyMLP,
     FourierFeatures,
     GaussianMixture,
+    LinearPath,
     ScoreMLP,
     SubVPSDE,
     TrainConfig,
@@ -36,6 +37,7 @@ from scorelab import (
     losses,
     metrics,
     noise,
+    paths,
     sampling,
     save_checkpoint,
     viz,
@@ -57,6 +59,7 @@ def time_score(x, t):
 
 
 VP = VPSDE()
+LP = LinearPath()
 
 
 def widgets():
@@ -440,6 +443,44 @@ CASES = [
     (lambda: sampling.annealed_langevin(time_score, X, torch.tensor([1.0, 0.5]), 0.1, 2, renoise="once"), ValueError, "renoise"),
     (lambda: sampling.score_on_unknown(score, torch.ones(2)), TypeError, "mask"),
     (lambda: sampling.score_on_unknown(score, torch.ones(2, dtype=torch.bool)), ValueError, "mask"),
+    # Gaussian paths, conversions, flow matching and the fixed-NFE ODE samplers (issue 26, lesson 10)
+    (lambda: LP.marginal_coeffs(1.5), ValueError, "t"),
+    (lambda: LP.marginal_coeffs_dot("half"), TypeError, "t"),
+    (lambda: paths.convert(X, X, 0.5, LP, source="logits", target="x0"), ValueError, "source"),
+    (lambda: paths.convert(X, X, 0.5, LP, source="x0", target="v"), ValueError, "target"),
+    (lambda: paths.convert(X, X, 0.5, "linear", source="x0", target="eps"), TypeError, "path"),
+    (lambda: paths.convert(torch.randn(8, 3), X, 0.5, LP, source="x0", target="eps"), ValueError, "value"),
+    (lambda: paths.convert(X, X, 1.5, LP, source="x0", target="eps"), ValueError, "t"),
+    (lambda: paths.convert(X, X, THREE, LP, source="x0", target="eps"), ValueError, "t"),
+    (lambda: paths.convert(X, NAN_X, 0.5, LP, source="x0", target="eps"), ValueError, "x"),
+    (lambda: paths.convert_field("net", LP, source="velocity", target="score"), TypeError, "field"),
+    (lambda: paths.convert_field(lambda x, t: x[:, :1], LP, source="velocity", target="score")(X, 0.5), ValueError, "field"),
+    (lambda: paths.mixture_field(MIX, LP, "logits"), ValueError, "prediction"),
+    (lambda: paths.mixture_field(MIX, "VP"), TypeError, "path"),
+    (lambda: paths.mixture_field(MIX, LP)(X, THREE), ValueError, "t"),
+    (lambda: paths.mixture_posterior(MIX, LP, X, -0.1), ValueError, "t"),
+    (lambda: paths.mixture_posterior(MIX, LP, torch.randn(8, 3), 0.5), ValueError, "x"),
+    (lambda: losses.flow_matching(time_score, X, "linear"), TypeError, "path"),
+    (lambda: losses.flow_matching(time_score, X, LP, t=THREE), ValueError, "t"),
+    (lambda: losses.flow_matching(time_score, X, LP, t=torch.full((8,), 2.0)), ValueError, "t"),
+    (lambda: losses.flow_matching(time_score, X, LP, noise=torch.randn(3, 2)), ValueError, "noise"),
+    (lambda: losses.flow_matching(time_score, X, LP, marginal_velocity="u"), TypeError, "marginal_velocity"),
+    (lambda: losses.flow_matching(lambda x, t: x[:, :1], X, LP), ValueError, "velocity"),
+    (lambda: losses.flow_matching(time_score, X, LP, eps=1.0), ValueError, "eps"),
+    (lambda: losses.flow_matching(time_score, NAN_X, LP), ValueError, "x"),
+    (lambda: sampling.flow_sample(time_score, LP, X, 4, solver="rk45"), ValueError, "solver"),
+    (lambda: sampling.flow_sample(time_score, LP, X, 0, solver="euler"), ValueError, "n_steps"),
+    (lambda: sampling.flow_sample(time_score, LP, X, 4, prediction="noise"), ValueError, "prediction"),
+    (lambda: sampling.flow_sample(time_score, "linear", X, 4), TypeError, "path"),
+    (lambda: sampling.flow_sample(time_score, LP, X, 4, solver="heun"), ValueError, "t_max"),
+    (lambda: sampling.flow_sample(time_score, LP, X, 4, schedule="cosine"), ValueError, "schedule"),
+    (lambda: sampling.flow_sample(time_score, VP, X, 4, eps=0.0), ValueError, "eps"),
+    (lambda: sampling.flow_sample(time_score, VP, X, 4, t_max=2.0), ValueError, "t_max"),
+    (lambda: sampling.flow_sample(time_score, VP, X, 4, rho=-1.0), ValueError, "rho"),
+    (lambda: sampling.flow_sample(lambda x, t: x[:, :1], VP, X, 4), ValueError, "field"),
+    (lambda: sampling.flow_sample("field", VP, X, 4), TypeError, "field"),
+    (lambda: sampling.flow_sample(lambda x, t: x * math.nan, VP, X, 4, prediction="velocity"), ValueError, "n_steps"),
+    (lambda: sampling.flow_time_grid(VP, 4, schedule="edm", eps=2.0), ValueError, "eps"),
 ]
 
 
@@ -457,7 +498,7 @@ MODULE_OF = {
     "VP": "sde", "VESDE": "sde", "VPSDE": "sde", "SubVPSDE": "sde", "OUSDE": "sde",
     "ScoreMLP": "nets", "EnergyMLP": "nets", "EMA": "nets", "UNet": "nets", "UNetConfig": "nets", "TINY_UNET": "nets",
     "ImageClassifier": "nets", "FourierFeatures": "nets", "widgets": "widgets", "bounds": "bounds",
-    "guidance": "guidance", "ClassifierMLP": "nets", "log_partition": "distributions",
+    "guidance": "guidance", "ClassifierMLP": "nets", "log_partition": "distributions", "paths": "paths", "LP": "sde",
 }  # fmt: skip
 #: besides ValueError/TypeError, the documented kinds: a checkpoint's own error, and a missing file
 DOCUMENTED = (ValueError, TypeError, CheckpointError, FileNotFoundError)
@@ -488,7 +529,7 @@ def test_fuzz_table_every_malformed_call_gets_a_clear_error(capsys):
     lines.append(f"{'all ' + str(len(CASES)):14s}" + "".join(f"{sum(rows[m, k] for m in modules):>26d}" for k in kinds))
     with capsys.disabled():  # printed in every run, not only on failure
         print("\nmalformed calls by outcome\n" + "\n".join(lines))
-    assert len(CASES) >= 150 and len(modules) == 15  # every public module
+    assert len(CASES) >= 150 and len(modules) == 16  # every public module
     assert sum(rows[m, "clear"] for m in modules) == len(CASES), "\n".join(lines)
 
 

@@ -1,0 +1,123 @@
+"""The fixed-NFE ODE samplers of lesson 10 (`sampling.flow_sample`) against the exact flow of a Gaussian target,
+where their order of convergence can be measured."""
+
+import math
+
+import pytest
+import torch
+
+from scorelab import VPSDE, GaussianMixture, LinearPath, paths, sampling
+
+MU, S2 = torch.tensor([0.7, -1.2], dtype=torch.float64), 0.25
+GAUSSIAN = GaussianMixture([1.0], MU[None], [S2], dtype=torch.float64)
+EPS = 1e-3
+
+
+def _start(n=16, seed=0):
+    return torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def _exact_flow(path, x, t_start, t_end):
+    """The probability-flow ODE of N(mu, s^2 I) keeps z = (x - alpha mu) / std fixed, std = sqrt(alpha^2 s^2 + sigma^2)."""
+    (a0, s0), (a1, s1) = ([c.item() for c in path.marginal_coeffs(t)] for t in (t_start, t_end))
+    std0, std1 = math.sqrt(a0**2 * S2 + s0**2), math.sqrt(a1**2 * S2 + s1**2)
+    return a1 * MU + std1 * (x - a0 * MU) / std0
+
+
+def _error(path, solver, n_steps, prediction="velocity", **options):
+    x = _start()
+    field = paths.mixture_field(GAUSSIAN, path, prediction)
+    out = sampling.flow_sample(field, path, x, n_steps, solver=solver, prediction=prediction, eps=EPS, **options)
+    return (out - _exact_flow(path, x, options.get("t_max") or path.T, EPS)).abs().max().item()
+
+
+# (path, solver, schedule, t_max, order): VP on each solver's default grid, the linear path on the uniform grid;
+# DPM-Solver-2 on the linear path from t_max = 0.99, as its log-SNR is -inf at t = 1
+CASES = [
+    (VPSDE(), "euler", None, None, 1),
+    (VPSDE(), "heun", None, None, 2),
+    (VPSDE(), "ddim", None, None, 1),
+    (VPSDE(), "dpm_solver_2", None, None, 2),
+    (LinearPath(), "euler", None, None, 1),
+    (LinearPath(), "heun", "uniform", None, 2),
+    (LinearPath(), "ddim", None, None, 1),
+    (LinearPath(), "dpm_solver_2", None, 0.99, 2),
+]
+
+
+@pytest.mark.parametrize("path, solver, schedule, t_max, order", CASES, ids=[f"{c[0]!r}-{c[1]}" for c in CASES])
+def test_measured_order_is_the_methods(path, solver, schedule, t_max, order):
+    """Halving the step divides the error by 2^order: the measured order log2(e(N) / e(2N)) at N = 32 -> 64 lies within
+    0.15 of the method's, while a method one order off is 1 away. The gap is the next term of the error, O(h) smaller:
+    it halves with each halving of h (Euler on VP: 0.64, 0.86, 0.93, 0.97 from N = 8 -> 16 to 64 -> 128); at 32 -> 64
+    the eight cases measured 0.93, 1.96, 0.97, 2.04, 0.98, 1.94, 0.98, 2.04."""
+    errors = [_error(path, solver, n, schedule=schedule, t_max=t_max) for n in (32, 64)]
+    measured = math.log2(errors[0] / errors[1])
+    assert measured == pytest.approx(order, abs=0.15), (errors, measured)
+
+
+def test_ddim_is_exact_for_data_at_one_point():
+    """With x0 ~ delta_mu the posterior mean is mu for every x_t and the flow keeps eps fixed, so DDIM's
+    x <- alpha' mu + sigma' eps_hat is the exact flow, in one step; Euler's single step is not."""
+    path, x = VPSDE(), _start()
+    point = lambda y, t: MU.expand_as(y)  # noqa: E731  (the exact x0-prediction of a point mass)
+    exact = _exact_flow_point(path, x)
+    ddim = sampling.flow_sample(point, path, x, 1, solver="ddim", prediction="x0", eps=EPS)
+    euler = sampling.flow_sample(point, path, x, 1, solver="euler", prediction="x0", eps=EPS)
+    torch.testing.assert_close(ddim, exact, rtol=1e-12, atol=1e-12)
+    assert (euler - exact).abs().max() > 0.1
+
+
+def _exact_flow_point(path, x):
+    (a0, s0), (a1, s1) = ([c.item() for c in path.marginal_coeffs(t)] for t in (path.T, EPS))
+    return a1 * MU + s1 * (x - a0 * MU) / s0
+
+
+@pytest.mark.parametrize("solver", sampling.FLOW_SOLVERS)
+def test_every_prediction_gives_the_same_samples(solver):
+    """One ODE whatever the field predicts: velocity, score, x0 and eps fields give the same samples to round-off."""
+    path, x = VPSDE(), _start()
+    outs = [
+        sampling.flow_sample(paths.mixture_field(GAUSSIAN, path, p), path, x, 5, solver=solver, prediction=p, eps=EPS)
+        for p in paths.PREDICTIONS
+    ]
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("solver, per_step", [("euler", 1), ("heun", 2), ("ddim", 1), ("dpm_solver_2", 2)])
+def test_nfe_is_counted(solver, per_step):
+    path, x = VPSDE(), _start()
+    _, nfe = sampling.flow_sample(paths.mixture_field(GAUSSIAN, path), path, x, 7, solver=solver, prediction="velocity", return_nfe=True)
+    assert nfe == 7 * per_step
+
+
+def test_edm_grid_is_karras_eq_5():
+    """The "edm" grid's sigma / alpha at each node is Karras et al.'s rho = 7 spacing between its ends."""
+    path, n = VPSDE(), 10
+    times = torch.tensor(sampling.flow_time_grid(path, n, schedule="edm", eps=EPS), dtype=torch.float64)
+    alpha, sigma = path.marginal_coeffs(times)
+    ratio = sigma / alpha
+    i = torch.arange(n + 1, dtype=torch.float64) / n
+    expected = (ratio[0] ** (1 / 7) + i * (ratio[-1] ** (1 / 7) - ratio[0] ** (1 / 7))) ** 7
+    torch.testing.assert_close(ratio, expected, rtol=1e-12, atol=0)
+    assert times[0] == path.T and times[-1] == EPS
+
+
+def test_callback_sees_every_step():
+    seen = []
+    path = LinearPath()
+    sampling.flow_sample(
+        paths.mixture_field(GAUSSIAN, path), path, _start(), 4, solver="euler", prediction="velocity", callback=seen.append
+    )
+    assert [s["i"] for s in seen] == [0, 1, 2, 3] and seen[-1]["t"] == EPS
+
+
+def test_ddim_is_euler_on_the_linear_path_but_not_on_vp():
+    """alpha = 1 - t and sigma = t are affine in t, so Euler's x + (s - t)(alpha_dot x0 + sigma_dot eps) is
+    (1 - s) x0 + s eps, DDIM's step: the two samplers agree to round-off there, and differ on VP."""
+    x = _start()
+    for path, agree in ((LinearPath(), True), (VPSDE(), False)):
+        field = paths.mixture_field(GAUSSIAN, path)
+        ddim, euler = (sampling.flow_sample(field, path, x, 6, solver=s, prediction="velocity", eps=EPS) for s in ("ddim", "euler"))
+        assert ((ddim - euler).abs().max() < 1e-12) == agree
