@@ -579,3 +579,153 @@ def sides_over_time(score, start: torch.Tensor, step_size: float, checkpoints, s
     if checkpoints[-1] > 0:
         x = langevin(score, start, step_size, checkpoints[-1], generator=generator, callback=record)
     return x, torch.stack([recorded[c] for c in checkpoints])
+
+
+# --- lessons 01 and 03: the Bayes (minimum) denoising error of a mixture, and Eyring-Kramers rates --------------
+
+
+def denoising_mmse(dist: GaussianMixture, sigma: float, bounds=(-12.0, 12.0), cells: int = 60) -> float:
+    r"""The Bayes (minimum mean-squared) error of denoising y = x + sigma z, x ~ `dist`, z ~ N(0, I):
+
+        MMSE = E_y tr Var(x | y) = \int p_sigma(y) [ \sum_k r_k(y) (tr C_k + |m_k(y)|^2) - |m(y)|^2 ] dy,
+
+    with, per component, C_k = Sigma_k - Sigma_k (Sigma_k + sigma^2 I)^{-1} Sigma_k and
+    m_k(y) = mu_k + Sigma_k (Sigma_k + sigma^2 I)^{-1} (y - mu_k), r_k(y) the noisy mixture's responsibilities
+    and m(y) = \sum_k r_k m_k = E[x | y] (Tweedie's formula gives the same mean; Efron 2011, eq. 2.8). The posterior
+    is a mixture again, so only the outer integral over y is not closed-form: it is done by tensor-product
+    Gauss-Legendre quadrature on `cells`^D cells of `bounds`^D (8 nodes per cell and axis; D = 1 or 2), so choose
+    bounds that hold p_sigma. The MSE of any denoiser (e.g. the Monte-Carlo error of Tweedie's estimate) is at
+    least this, and Tweedie's estimate attains it. For one Gaussian it is tr(sigma^2 Sigma (Sigma + sigma^2 I)^{-1}).
+    Returns a float (squared distance, summed over the D coordinates). Introduced in lesson 01.
+    """
+    if not isinstance(dist, GaussianMixture):
+        raise TypeError(f"dist must be a GaussianMixture, got {type(dist).__name__}")
+    sigma = check_positive("sigma", sigma, allow_tensor=False)
+    lo, hi = check_bounds(bounds)
+    check_int("cells", cells, minimum=1)
+    if dist.dim not in (1, 2):
+        raise ValueError(f"dist must be 1- or 2-dimensional (the y-integral is a grid), got dim {dist.dim}")
+    d = dist.to(dtype=torch.float64, device="cpu")
+    points, weights = _quadrature_nodes(lo, hi, cells, d.dim)
+    eye = torch.eye(d.dim, dtype=torch.float64)
+    gain = torch.linalg.solve(d.covs + sigma**2 * eye, d.covs).transpose(1, 2)  # Sigma (Sigma + s^2 I)^-1, (K, D, D)
+    post_trace = torch.diagonal(d.covs - gain @ d.covs, dim1=1, dim2=2).sum(1)  # tr C_k, (K,)
+    noisy = d.convolve(sigma)
+    total = 0.0
+    for y, w in zip(points.split(65_536), weights.split(65_536)):
+        resp = noisy.responsibilities(y)  # (n, K)
+        comp_means = d.means + torch.einsum("kde,nke->nkd", gain, y[:, None, :] - d.means)  # (n, K, D)
+        mean = (resp[..., None] * comp_means).sum(1)
+        second = (resp * (post_trace + (comp_means**2).sum(2))).sum(1)
+        total += (w * noisy.log_prob(y).exp() * (second - (mean**2).sum(1))).sum().item()
+    return total
+
+
+class KramersRate(NamedTuple):
+    """What `eyring_kramers_rate` computed: the rate, the barrier U(saddle) - U(minimum), the refined minimum and
+    saddle, the saddle's negative Hessian eigenvalue, and the prefactor (the rate times e^{barrier})."""
+
+    rate: float
+    barrier: float
+    minimum: torch.Tensor
+    saddle: torch.Tensor
+    unstable_eigenvalue: float
+    prefactor: float
+
+
+def _refine_critical_point(energy, x0: torch.Tensor, n_iter: int, name: str) -> torch.Tensor:
+    """Newton's method on grad U = 0 from `x0` (converges to the nearby minimum or saddle alike)."""
+    x = x0.detach().to(torch.float64).clone()
+    grad = lambda v: torch.autograd.functional.jacobian(lambda u: energy(u[None]).sum(), v)
+    for _ in range(n_iter):
+        g = grad(x)
+        h = torch.autograd.functional.hessian(lambda u: energy(u[None]).sum(), x)
+        step = torch.linalg.solve(h, g)
+        x = x - step
+        if step.abs().max() < 1e-13 * (1 + x.abs().max()):
+            break
+    residual = grad(x).abs().max().item()
+    if not math.isfinite(residual) or residual > 1e-8:
+        raise ValueError(
+            f"{name}: Newton's method found no critical point of the energy near {x0.tolist()} "
+            f"(|grad U| = {residual:.2e}); start closer to it"
+        )
+    return x
+
+
+def eyring_kramers_rate(energy, minimum, saddle, n_iter: int = 50) -> KramersRate:
+    r"""The Eyring-Kramers rate of leaving the basin of `minimum` over `saddle`, for dX = -grad U(X) dt + sqrt(2) dW:
+
+        k = |lambda_-(s)| / (2 pi) * sqrt( det Hess U(m) / |det Hess U(s)| ) * exp( -(U(s) - U(m)) ),
+
+    (Eyring 1935, Kramers 1940; in this multidimensional form e.g. Berglund 2013, *Kramers' law: validity,
+    derivations and generalisations*, §1), lambda_- the one negative eigenvalue of Hess U at the saddle.
+    The law is asymptotic in a large barrier (relative corrections of order 1/barrier). The points are refined by
+    Newton's method on grad U = 0, so approximate ones suffice (e.g. a mixture's component mean; the lowest point
+    of log p on the segment between two modes); the Hessian at `minimum` must be positive definite and the one at
+    `saddle` must have exactly one negative eigenvalue. The Langevin step x + eps grad log p + sqrt(2 eps) z
+    (`sampling.langevin`) with U = -log p runs this SDE with time eps per step, so k * eps is the rate per step,
+    up to the step's own bias. `energy` maps `(n, D)` to `(n,)` (for a mixture: `lambda x: -dist.log_prob(x)`);
+    `minimum`, `saddle`: points `(D,)`. Returns a `KramersRate`. Introduced in lesson 03.
+    """
+    check_callable("energy", energy)
+    check_int("n_iter", n_iter, minimum=1)
+    m0 = check_tensor("minimum", torch.as_tensor(minimum, dtype=torch.float64))
+    s0 = check_tensor("saddle", torch.as_tensor(saddle, dtype=torch.float64))
+    if m0.ndim != 1 or s0.shape != m0.shape:
+        raise ValueError(f"minimum and saddle must be points of the same shape (D,), got {tuple(m0.shape)} and {tuple(s0.shape)}")
+    m = _refine_critical_point(energy, m0, n_iter, "minimum")
+    s = _refine_critical_point(energy, s0, n_iter, "saddle")
+    hess = lambda v: torch.autograd.functional.hessian(lambda u: energy(u[None]).sum(), v)
+    eig_m, eig_s = torch.linalg.eigvalsh(hess(m)), torch.linalg.eigvalsh(hess(s))
+    if eig_m.min() <= 0:
+        raise ValueError(f"minimum: the Hessian there is not positive definite (eigenvalues {eig_m.tolist()})")
+    if not (eig_s[0] < 0 < eig_s[1:].min() if len(eig_s) > 1 else eig_s[0] < 0):
+        raise ValueError(f"saddle: the Hessian there must have exactly one negative eigenvalue, got {eig_s.tolist()}")
+    with torch.no_grad():
+        barrier = (energy(s[None]) - energy(m[None])).item()
+    prefactor = (-eig_s[0].item() / (2 * math.pi)) * math.sqrt(eig_m.prod().item() / abs(eig_s.prod().item()))
+    return KramersRate(prefactor * math.exp(-barrier), barrier, m, s, eig_s[0].item(), prefactor)
+
+
+def kramers_rate_1d(energy, minimum: float, saddle: float, far: float, beyond: float, n: int = 20_001) -> float:
+    r"""The rate of leaving a well of a 1-D potential, by Kramers' integrals, without the harmonic approximations:
+
+        k = 1 / ( \int_{far}^{saddle} e^{-U(z)} dz  *  \int_{minimum}^{beyond} e^{U(y)} dy ),
+
+    for dX = -U'(X) dt + sqrt(2) dW (Kramers 1940, eq. 22-24; Gardiner, *Stochastic Methods*, §5.5.3 (the exit time
+    over a barrier)): the inverse mean time to go from the well's bottom `minimum` to `beyond` (the bottom of the next
+    well), up to terms of relative order e^{-barrier}. `far` is a point on the other side of the well where e^{-U} is
+    negligible (a reflecting wall there changes nothing measurable). Replacing U by its quadratic at the minimum in
+    the first integral and at the saddle in the second gives `eyring_kramers_rate`'s 1-D formula
+    sqrt(U''(m) |U''(s)|) / (2 pi) e^{-(U(s) - U(m))}; where U is not quadratic over the saddle's thermal width
+    1/sqrt|U''(s)| (a mixture's log-sum-exp saddle is nearly a cusp) the two differ by a factor of order one.
+    Both integrals by the trapezoid rule on `n` points each, in log space (no overflow for barriers of hundreds of
+    nats). `energy` maps `(m, 1)` to `(m,)`; the points are floats with `minimum` and `beyond` on opposite sides of
+    `saddle`, and `far` on the side of `minimum`. Returns the rate (per unit time) as a float. Introduced in lesson 03.
+    """
+    check_callable("energy", energy)
+    check_int("n", n, minimum=3)
+    points = {}
+    for name, v in (("minimum", minimum), ("saddle", saddle), ("far", far), ("beyond", beyond)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+        points[name] = float(v)
+    side = 1.0 if points["minimum"] < points["saddle"] else -1.0
+    if not (side * points["far"] < side * points["minimum"] < side * points["saddle"] < side * points["beyond"]):
+        raise ValueError(f"the points must lie in the order far, minimum, saddle, beyond along the line, got {points}")
+
+    def log_integral(a: float, b: float, sign: float) -> float:
+        t = torch.linspace(min(a, b), max(a, b), n, dtype=torch.float64)
+        with torch.no_grad():
+            u = check_output("energy", energy(t[:, None]), (n,)).double()
+        w = torch.full((n,), (t[1] - t[0]).item(), dtype=torch.float64)
+        w[0] = w[-1] = w[0] / 2
+        return torch.logsumexp(w.log() + sign * (-u), 0).item() if sign > 0 else torch.logsumexp(w.log() + u, 0).item()
+
+    log_well = log_integral(points["far"], points["saddle"], 1.0)  # \int e^{-U}
+    log_barrier = log_integral(points["minimum"], points["beyond"], -1.0)  # \int e^{U}
+    rate = math.exp(-(log_well + log_barrier))
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"the rate is not a positive finite number ({rate}): is the energy finite on the interval?")
+    return rate
