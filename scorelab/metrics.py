@@ -693,9 +693,10 @@ def kramers_rate_1d(energy, minimum: float, saddle: float, far: float, beyond: f
 
         k = 1 / ( \int_{far}^{saddle} e^{-U(z)} dz  *  \int_{minimum}^{beyond} e^{U(y)} dy ),
 
-    for dX = -U'(X) dt + sqrt(2) dW (Kramers 1940, eq. 22-24; Gardiner, *Stochastic Methods*, §5.5.3 (the exit time
-    over a barrier)): the inverse mean time to go from the well's bottom `minimum` to `beyond` (the bottom of the next
-    well), up to terms of relative order e^{-barrier}. `far` is a point on the other side of the well where e^{-U} is
+    for dX = -U'(X) dt + sqrt(2) dW (Kramers 1940; the mean first-passage time of a 1-D diffusion, e.g. Gardiner,
+    *Handbook of Stochastic Methods*, on escape over a potential barrier): the inverse mean time to go from the well's
+    bottom `minimum` to `beyond` (the bottom of the next well), the exact double integral with its inner integral
+    taken up to the saddle (an error that shrinks like e^{-barrier}). `far` is a point on the other side of the well where e^{-U} is
     negligible (a reflecting wall there changes nothing measurable). Replacing U by its quadratic at the minimum in
     the first integral and at the saddle in the second gives `eyring_kramers_rate`'s 1-D formula
     sqrt(U''(m) |U''(s)|) / (2 pi) e^{-(U(s) - U(m))}; where U is not quadratic over the saddle's thermal width
