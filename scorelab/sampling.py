@@ -583,7 +583,12 @@ def exponential_integrator(
     generator=None,
     callback: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
-    r"""The exponential-integrator discretisation of the reverse OU SDE (Chen et al. 2023, Sec. 2).
+    r"""The exponential-integrator discretisation of the reverse OU SDE, the scheme Chen et al. 2023 analyse.
+
+    Chen, Chewi, Li, Li, Salim & Zhang (2023), "Sampling is as easy as learning the score: theory for diffusion
+    models with minimal data assumptions" (ICLR 2023, arXiv:2209.11215): the discretisation is set up in their
+    Sec. 2 (background on SGMs: the OU forward process, its reversal, the score frozen at the grid times) and
+    bounded by their DDPM theorem; Zhang's lecture 19 (the course notes) transcribes both, with this step.
 
     The forward process is dX = -X dt + sqrt(2) dB (`sde.OUSDE`), so the reverse one is
     dY = [Y + 2 \nabla log q_{T-s}(Y)] ds + sqrt(2) dB. On each step [kh, (k+1)h] the score is frozen at
