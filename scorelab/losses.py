@@ -12,6 +12,7 @@ so the same call serves 2-D points and images. Introduced in lesson 02.
     ncsn  multi-scale DSM, lambda(sigma) = sigma^2                               (Song & Ermon 2019, Eq. 6)
     sde_dsm  continuous-time DSM for an SDE, lambda(t) = sigma(t)^2 or g(t)^2          (Song et al. 2021, Eq. 7)
     flow_matching  conditional flow matching   E||v(x_t, t) - (alpha_dot x + sigma_dot eps)||^2   (Lipman et al. 2023, Eq. 9)
+    path_dsm  DSM on any Gaussian path, noise parametrisation   E||eps_theta(x_t, t) - eps||^2   (Ho et al. 2020, Eq. 14)
 
 and, for energy-based models (lesson 08), contrastive divergence (`contrastive_divergence`, `ContrastiveDivergence`) and
 exact maximum likelihood with Z by quadrature on a box (`quadrature_nll`, 1-D and 2-D only).
@@ -317,6 +318,41 @@ def flow_matching(
             target = check_output("marginal_velocity", marginal_velocity(x_t, t), x.shape)
     v = check_output("velocity", velocity(x_t, t), x.shape)
     return _reduce(_flat_sum((v - target) ** 2), reduction)
+
+
+def path_dsm(
+    eps_model, x: torch.Tensor, path, eps: float = 1e-3, generator=None, *, t=None, noise=None, reduction: str = "mean"
+) -> torch.Tensor:
+    r"""Denoising score matching on a Gaussian path, in the noise parametrisation: E||eps_theta(x_t, t) - eps||^2.
+
+    t ~ U(eps, T), eps ~ N(0, I), x_t = alpha(t) x + sigma(t) eps (Ho et al. 2020, Eq. 14, "L_simple", on any path).
+    With s = -eps_theta / sigma it is twice `sde_dsm`'s "sigma2" loss, so on an SDE the two have one minimiser; unlike
+    `sde_dsm` it takes any `sde.GaussianPath`, the linear path of flow matching included. The draws of t and of the
+    noise from `generator` are `flow_matching`'s (same order), so with one seed the two losses see the same (x_t, t):
+    with v the velocity of the same network (`paths.convert_field`), flow matching's per-sample loss is this one times
+    ((alpha sigma_dot - alpha_dot sigma) / alpha)^2 (lesson 10 checks it to round-off).
+
+    Args:
+        eps_model: `(x, t) -> eps_hat` with t a `(batch,)` tensor. x: `(batch, *dims)` data. path: a `sde.GaussianPath`.
+        eps: the smallest time drawn. t, noise: optional `(batch,)` times and standard-normal draws of x's shape.
+    Returns:
+        the mean over the batch, or `(batch,)` values with `reduction="none"`.
+    Introduced in lesson 10.
+    """
+    check_callable("eps_model", eps_model)
+    check_tensor("x", x, min_dim=2)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_gaussian_path("path", path)
+    eps = path.check_eps(eps)
+    generator = as_generator(generator, x.device)
+    if t is None:
+        t = eps + (path.T - eps) * torch.rand(len(x), generator=generator, dtype=x.dtype, device=x.device)
+    else:
+        t = path.check_time(check_per_sample("t", t, len(x), x), "t")
+    z = _standard_noise(x, generator, noise)
+    alpha, sigma = path_coefficients(path, t, x)[:2]
+    eps_hat = check_output("eps_model", eps_model(alpha * x + sigma * z, t), x.shape)
+    return _reduce(_flat_sum((eps_hat - z) ** 2), reduction)
 
 
 # --- energy-based models: maximum likelihood by contrastive divergence (lesson 08) --------------------------------

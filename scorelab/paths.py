@@ -172,3 +172,28 @@ def mixture_field(mixture, path, prediction: str = "velocity") -> Callable:
         return from_x0_eps(x0, eps, coefficients, prediction)
 
     return field
+
+
+def straightness(trajectory: torch.Tensor) -> torch.Tensor:
+    r"""How straight each particle's path is: chord over arc length, |x_K - x_0| / \sum_k |x_{k+1} - x_k|.
+
+    1 for a straight path travelled in one direction, smaller the more it bends (0 for a closed loop). It reads the
+    curve only, not the speed along it, so it compares paths whose time variables differ (the linear path and VP,
+    lesson 10); Liu et al. 2023 measure straightness through the velocity instead (E||(x_1 - x_0) - dx/dt||^2
+    integrated over t), which also charges a change of speed along a straight line. The polygon's length is at most
+    the curve's, so on a coarse record of a curved path the ratio is biased upwards: record the path finely (e.g.
+    `sampling.flow_sample`'s `callback` over many steps).
+
+    Args:
+        trajectory: `(K + 1, n, *dims)`, the positions of n particles at K + 1 times (K >= 1), in order.
+    Returns:
+        `(n,)` ratios in [0, 1] (1 for a particle that does not move).
+    Introduced in lesson 10.
+    """
+    check_tensor("trajectory", trajectory, min_dim=3)
+    if len(trajectory) < 2:
+        raise ValueError(f"trajectory must hold at least 2 times (dim 0), got {len(trajectory)}")
+    flat = trajectory.reshape(len(trajectory), trajectory.shape[1], -1)
+    chord = (flat[-1] - flat[0]).norm(dim=-1)
+    length = (flat[1:] - flat[:-1]).norm(dim=-1).sum(0)
+    return torch.where(length > 0, chord / length.clamp_min(torch.finfo(flat.dtype).tiny), torch.ones_like(chord))

@@ -11,8 +11,9 @@ SDEs*, Sec. 3 and App. B). Samplers, losses and likelihoods are written once aga
     OUSDE(T)                             f = -1,          g = sqrt(2)                 (Chen et al. 2023)
 
 Each SDE is a `GaussianPath` x_t = alpha(t) x_0 + sigma(t) eps (alpha = m): the one notion of a noising path, with
-alpha_dot, sigma_dot worked out from f and g. `LinearPath` (alpha = 1 - t, sigma = t, flow matching) is a path
-without an SDE class; the samplers and the loss of lesson 10 take any path.
+alpha_dot, sigma_dot worked out from f and g. `LinearPath` (alpha = 1 - t, sigma = t, flow matching) and `CosinePath`
+(alpha = cos(pi t / 2), sigma = sin(pi t / 2)) are paths without an SDE class; the samplers and the losses of lesson 10
+take any path.
 
 `t` is a float or a `(batch,)` tensor; coefficients come back as tensors of t's shape (float64 for
 floats). Introduced in lesson 05 (paths: lesson 10).
@@ -152,6 +153,24 @@ class LinearPath(GaussianPath):
 
     def __repr__(self):
         return "LinearPath()"
+
+
+class CosinePath(GaussianPath):
+    """The cosine path alpha(t) = cos(pi t / 2), sigma(t) = sin(pi t / 2) on [0, 1]: variance preserving
+    (alpha^2 + sigma^2 = 1) like VP, with the half log-SNR lambda = -log tan(pi t / 2) of the cosine schedule
+    (Nichol & Dhariwal 2021, Eq. 17 without their offset s). alpha(1) = cos(pi / 2) is
+    6e-17, not 0: start samplers at t_max < 1. Introduced in lesson 10 (its second exercise)."""
+
+    def marginal_coeffs(self, t):
+        angle = 0.5 * math.pi * self._time(t)
+        return torch.cos(angle), torch.sin(angle)
+
+    def marginal_coeffs_dot(self, t):
+        angle = 0.5 * math.pi * self._time(t)
+        return -0.5 * math.pi * torch.sin(angle), 0.5 * math.pi * torch.cos(angle)
+
+    def __repr__(self):
+        return "CosinePath()"
 
 
 def check_gaussian_path(name: str, path) -> None:
