@@ -197,3 +197,38 @@ def straightness(trajectory: torch.Tensor) -> torch.Tensor:
     chord = (flat[-1] - flat[0]).norm(dim=-1)
     length = (flat[1:] - flat[:-1]).norm(dim=-1).sum(0)
     return torch.where(length > 0, chord / length.clamp_min(torch.finfo(flat.dtype).tiny), torch.ones_like(chord))
+
+
+def transfer_field(field: Callable, path, to_path, *, prediction: str) -> Callable:
+    r"""A field learned on one Gaussian path, as the same prediction on another path.
+
+    Two paths carry the same information at equal half log-SNR lambda = log(alpha / sigma): if lambda_path(s) =
+    lambda_to(t), then (alpha_path(s) / alpha_to(t)) x_t of `to_path` has the law of x_s of `path`, with the same
+    x_0 and the same eps (every path is x = alpha x_hat with x_hat = x_0 + e^{-lambda} eps, Karras et al. 2022,
+    Sec. 2; Kingma et al. 2021). So E[x_0 | x_t] and E[eps | x_t] on `to_path` are `path`'s at the rescaled point and
+    the matched time, and the velocity and score follow from them (`convert`). E.g. a flow-matching network on
+    `LinearPath` as a VP score for `sampling.pc_sample` (lesson 10).
+
+    Args:
+        field: `(x, s) -> prediction` on `path`, s a `(batch,)` tensor of `path`'s times.
+        path, to_path: `sde.GaussianPath`s. `path` must reach every lambda asked for (`LinearPath` spans them all).
+        prediction: what `field` returns and the result returns: "x0", "eps", "score" or "velocity".
+    Returns:
+        `(x, t) -> prediction` on `to_path`, t a float or `(batch,)` tensor of `to_path`'s times where alpha > 0.
+    Introduced in lesson 10.
+    """
+    check_callable("field", field)
+    check_gaussian_path("path", path)
+    check_gaussian_path("to_path", to_path)
+    check_choice("prediction", prediction, PREDICTIONS)
+
+    def transferred(x: torch.Tensor, t, *args) -> torch.Tensor:
+        t = to_path.check_time(check_per_sample("t", t, len(x), x))
+        s = path.time_of_half_log_snr(to_path.half_log_snr(t.double()))  # the matched times, float64
+        scale = path.marginal_coeffs(s)[0] / to_path.marginal_coeffs(t.double())[0]
+        x_path, s = append_dims(scale.to(x.dtype), x.ndim) * x, s.to(x.dtype)
+        value = check_output("field", field(x_path, s, *args), x.shape)
+        x0, eps = to_x0_eps(value, x_path, path_coefficients(path, s, x), prediction)
+        return from_x0_eps(x0, eps, path_coefficients(to_path, t, x), prediction)
+
+    return transferred

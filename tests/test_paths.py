@@ -267,3 +267,23 @@ def test_vp_and_cosine_paths_share_their_exact_trajectories():
             ratios.append(paths.straightness(torch.stack(record)))
         gaps.append((ratios[0] - ratios[1]).abs().max().item())
     assert gaps[1] < 5e-3 and 3 < gaps[0] / gaps[1] < 5.5
+
+
+@pytest.mark.parametrize("to_path", [VPSDE(), CosinePath(), VESDE(sigma_min=0.01, sigma_max=5.0)], ids=repr)
+@pytest.mark.parametrize("prediction", paths.PREDICTIONS)
+def test_transfer_field_turns_the_exact_linear_field_into_the_exact_field_of_another_path(to_path, prediction):
+    x, t = _points(), _times(to_path)
+    moved = paths.transfer_field(paths.mixture_field(MIXTURE, LinearPath(), prediction), LinearPath(), to_path, prediction=prediction)
+    torch.testing.assert_close(moved(x, t), paths.mixture_field(MIXTURE, to_path, prediction)(x, t), rtol=1e-9, atol=1e-9)
+
+
+def test_transfer_field_rejects_bad_input():
+    field = paths.mixture_field(MIXTURE, LinearPath(), "eps")
+    with pytest.raises(TypeError, match="field"):
+        paths.transfer_field("net", LinearPath(), VPSDE(), prediction="eps")
+    with pytest.raises(TypeError, match="to_path"):
+        paths.transfer_field(field, LinearPath(), "VP", prediction="eps")
+    with pytest.raises(ValueError, match="prediction"):
+        paths.transfer_field(field, LinearPath(), VPSDE(), prediction="logits")
+    with pytest.raises(ValueError, match="t"):
+        paths.transfer_field(field, LinearPath(), VPSDE(), prediction="eps")(_points(), 2.0)
