@@ -72,3 +72,22 @@ def test_eyring_kramers_rate_refuses_points_of_the_wrong_kind():
         eyring_kramers_rate(3.0, [1.0, 0.0], [0.0, 0.0])
     with pytest.raises(ValueError, match="sigma"):
         denoising_mmse(GaussianMixture([1.0], [[0.0]], [1.0]), -1.0)
+
+
+def test_fisher_quadrature_is_the_closed_form_for_a_shift_and_the_monte_carlo_value_for_a_mixture():
+    from scorelab.metrics import fisher_divergence, fisher_quadrature
+
+    cov = torch.tensor([[2.0, 1.2], [1.2, 1.0]], dtype=torch.float64)
+    p = GaussianMixture([1.0], [[0.0, 0.0]], cov[None]).to(dtype=torch.float64)
+    q = GaussianMixture([1.0], [[1.5, 0.0]], cov[None]).to(dtype=torch.float64)
+    # the stored covariance (built in float32, then cast): the closed form with exactly that matrix
+    exact = (torch.linalg.solve(p.covs[0], torch.tensor([1.5, 0.0], dtype=torch.float64)) ** 2).sum().item()
+    assert abs(fisher_quadrature(q.score, p) - exact) < 1e-9 * exact
+    mix = GaussianMixture([0.2, 0.8], [[-1.0], [1.0]], [1.0, 1.0]).to(dtype=torch.float64)
+    even = GaussianMixture([0.5, 0.5], mix.means, mix.covs).to(dtype=torch.float64)
+    mc = fisher_divergence(even.score, mix, n=40_000, generator=0)
+    assert abs(fisher_quadrature(even.score, mix, bounds=(-12, 12), cells=200) - mc.value) < 4 * mc.se
+    with pytest.raises(ValueError, match="bounds"):
+        fisher_quadrature(even.score, mix, bounds=(1, -1))
+    with pytest.raises(TypeError, match="dist"):
+        fisher_quadrature(even.score, "p")
