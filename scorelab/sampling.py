@@ -894,11 +894,25 @@ def _euler_flow(predict, coeffs, x, t, t_next):
 
 
 def _heun_flow(predict, coeffs, x, t, t_next):
-    """Heun's method, Karras et al. 2022, Alg. 1 (the 2nd-order correction at every step: none ends at sigma = 0)."""
+    """Heun's method in the path's own time t on x (the 2nd-order correction at every step: none ends at sigma = 0).
+    This is Karras et al. 2022's Alg. 1 with the path's own sigma(t) and s(t), not EDM's sigma(t) = t, s(t) = 1
+    (that is `_edm_flow`)."""
     h = t_next - t
     slope = predict(x, t, "velocity")
     x_euler = x + h * slope
     return x + 0.5 * h * (slope + predict(x_euler, t_next, "velocity"))
+
+
+def _edm_flow(predict, coeffs, x, t, t_next):
+    """EDM's deterministic sampler (Karras et al. 2022, Alg. 1 with their sigma(t) = t, s(t) = 1, Eq. 4): Heun in the
+    noise level s~ = sigma / alpha on the rescaled x~ = x / alpha, dx~/ds~ = (x~ - D(x~; s~)) / s~ with the denoiser
+    D = x0_hat, i.e. dx~/ds~ = eps_hat(x, t); x = alpha x~ on return."""
+    alpha, sigma = coeffs(t)[:2]
+    alpha_next, sigma_next = coeffs(t_next)[:2]
+    h, x_tilde = sigma_next / alpha_next - sigma / alpha, x / alpha
+    slope = predict(x, t, "eps")
+    x_euler = x_tilde + h * slope
+    return alpha_next * (x_tilde + 0.5 * h * (slope + predict(alpha_next * x_euler, t_next, "eps")))
 
 
 def _ddim_flow(predict, coeffs, x, t, t_next):
@@ -926,6 +940,7 @@ def _dpm_solver_2_flow(predict, coeffs, x, t, t_next):
 FLOW_SOLVERS = {
     "euler": (_euler_flow, 1, "uniform"),
     "heun": (_heun_flow, 2, "edm"),
+    "edm": (_edm_flow, 2, "edm"),
     "ddim": (_ddim_flow, 1, "uniform"),
     "dpm_solver_2": (_dpm_solver_2_flow, 2, "logsnr"),
 }
@@ -954,20 +969,27 @@ def flow_sample(
     trained to predict (`prediction`, turned into what each solver needs by `paths.convert`). Solvers (`FLOW_SOLVERS`):
 
         "euler"         x <- x + h u(x, t)                                            1 evaluation per step, order 1
-        "heun"          Heun / trapezoidal predictor-corrector (Karras et al. 2022, Alg. 1)  2 per step, order 2
+        "heun"          Heun / trapezoidal predictor-corrector in t on x                2 per step, order 2
+        "edm"           Heun in s~ = sigma / alpha on x~ = x / alpha: EDM's sampler     2 per step, order 2
         "ddim"          x <- alpha' x0_hat + sigma' eps_hat (Song, Meng & Ermon 2021)  1 per step, order 1
         "dpm_solver_2"  exponential integrator with a midpoint in lambda (Lu et al. 2022, Alg. 1)  2 per step, order 2
 
     DDIM and DPM-Solver-2 integrate the linear part of the ODE exactly in lambda = log(alpha / sigma): for data at
-    a single point DDIM is exact (x0_hat is constant). The time grid is `flow_time_grid`'s `schedule` (default: the
-    solver's, uniform for Euler and DDIM, "edm" with `rho` for Heun, "logsnr" for DPM-Solver-2). Unlike EDM, the
-    last step ends at eps > 0 and is corrected too.
+    a single point DDIM is exact (x0_hat is constant). "heun" is Karras et al. 2022's Alg. 1 with the path's own
+    sigma(t), s(t) (Heun in the path's time); "edm" is Alg. 1 with their sigma(t) = t, s(t) = 1 (Eq. 4: Heun in
+    s~ = sigma / alpha on x / alpha, dx~/ds~ = (x~ - D) / s~ with D = x0_hat); on VE (alpha = 1) it is Heun in sigma.
+    EDM's published range s~ = 80 -> 0.002 is t_max and eps with sigma / alpha = 80 and 0.002
+    (`path.time_of_half_log_snr(-log 80)`), and its prior x~ ~ N(0, 80^2 I) is x = sigma(t_max) z. The time grid is
+    `flow_time_grid`'s `schedule` (default: the solver's, uniform for Euler and DDIM, "edm" with `rho` for Heun and
+    EDM, "logsnr" for DPM-Solver-2). Unlike Alg. 1, the last step ends at eps > 0 and is corrected too (Alg. 1
+    ends with an uncorrected Euler step to sigma = 0).
 
     Args:
         field: `(x, t) -> prediction` with t a `(batch,)` tensor of times: a network, or `paths.mixture_field`, or
             a mixture's `marginal_score(sde)`. path: a `sde.GaussianPath` (`LinearPath`, `VPSDE`, ...).
         x: `(batch, *dims)` samples of the prior at t_max, e.g. `path.prior_sample(shape)`.
-        n_steps: N >= 1; the number of field evaluations (NFE) is N for euler and ddim, 2N for heun and dpm_solver_2.
+        n_steps: N >= 1; the number of field evaluations (NFE) is N for euler and ddim, 2N for heun, edm and
+            dpm_solver_2.
         prediction: what `field` returns, "score", "velocity", "x0" or "eps".
         return_nfe: also return the number of field evaluations.
     Returns:

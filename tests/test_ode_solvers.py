@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from scorelab import VPSDE, GaussianMixture, LinearPath, paths, sampling
+from scorelab import VESDE, VPSDE, GaussianMixture, LinearPath, paths, sampling
 
 MU, S2 = torch.tensor([0.7, -1.2], dtype=torch.float64), 0.25
 GAUSSIAN = GaussianMixture([1.0], MU[None], [S2], dtype=torch.float64)
@@ -36,10 +36,12 @@ def _error(path, solver, n_steps, prediction="velocity", **options):
 CASES = [
     (VPSDE(), "euler", None, None, 1),
     (VPSDE(), "heun", None, None, 2),
+    (VPSDE(), "edm", None, None, 2),
     (VPSDE(), "ddim", None, None, 1),
     (VPSDE(), "dpm_solver_2", None, None, 2),
     (LinearPath(), "euler", None, None, 1),
     (LinearPath(), "heun", "uniform", None, 2),
+    (LinearPath(), "edm", None, 0.99, 2),
     (LinearPath(), "ddim", None, None, 1),
     (LinearPath(), "dpm_solver_2", None, 0.99, 2),
 ]
@@ -85,7 +87,7 @@ def test_every_prediction_gives_the_same_samples(solver):
         torch.testing.assert_close(out, outs[0], rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("solver, per_step", [("euler", 1), ("heun", 2), ("ddim", 1), ("dpm_solver_2", 2)])
+@pytest.mark.parametrize("solver, per_step", [("euler", 1), ("heun", 2), ("edm", 2), ("ddim", 1), ("dpm_solver_2", 2)])
 def test_nfe_is_counted(solver, per_step):
     path, x = VPSDE(), _start()
     _, nfe = sampling.flow_sample(paths.mixture_field(GAUSSIAN, path), path, x, 7, solver=solver, prediction="velocity", return_nfe=True)
@@ -121,3 +123,21 @@ def test_ddim_is_euler_on_the_linear_path_but_not_on_vp():
         field = paths.mixture_field(GAUSSIAN, path)
         ddim, euler = (sampling.flow_sample(field, path, x, 6, solver=s, prediction="velocity", eps=EPS) for s in ("ddim", "euler"))
         assert ((ddim - euler).abs().max() < 1e-12) == agree
+
+
+def test_edm_on_ve_is_heun_in_sigma():
+    """On VE (alpha = 1) EDM's sampler is Karras et al.'s Alg. 1 with sigma(t) = t, s(t) = 1: Heun in sigma with
+    dx/dsigma = (x - D(x; sigma)) / sigma, written out here by hand on the same sigma nodes; the library's "heun"
+    (Heun in VE's own time, where sigma is exponential in t) is a different method and differs at 4 steps."""
+    path, x, n = VESDE(), 3 * _start(), 4
+    x0_hat = paths.mixture_field(GAUSSIAN, path, "x0")
+    times = sampling.flow_time_grid(path, n, schedule="edm", eps=EPS)
+    sigma = lambda t: path.marginal_coeffs(torch.tensor(t, dtype=torch.float64))[1].item()  # noqa: E731
+    slope = lambda y, t: (y - x0_hat(y, torch.full((len(y),), t, dtype=torch.float64))) / sigma(t)  # noqa: E731
+    by_hand = x.clone()
+    for t, t_next in zip(times[:-1], times[1:]):
+        h, d = sigma(t_next) - sigma(t), slope(by_hand, t)
+        by_hand = by_hand + 0.5 * h * (d + slope(by_hand + h * d, t_next))
+    edm, heun = (sampling.flow_sample(x0_hat, path, x, n, solver=s, prediction="x0", eps=EPS) for s in ("edm", "heun"))
+    torch.testing.assert_close(edm, by_hand, rtol=1e-12, atol=1e-12)
+    assert (heun - edm).abs().max() > 1e-3
