@@ -266,6 +266,21 @@ def sde_dsm(
     return _reduce(per_sample, reduction)
 
 
+def _path_draws(model, x, path, eps, generator, t, noise, reduction):
+    """The draws `flow_matching` and `path_dsm` share, in one order (so one seed gives both losses the same x_t):
+    t ~ U(eps, T) unless given, standard-normal noise unless given, and the path's (alpha, sigma, alpha', sigma')."""
+    _prepare(model, x, reduction)
+    check_gaussian_path("path", path)
+    eps = path.check_eps(eps)
+    generator = as_generator(generator, x.device)
+    if t is None:
+        t = eps + (path.T - eps) * torch.rand(len(x), generator=generator, dtype=x.dtype, device=x.device)
+    else:
+        t = path.check_time(check_per_sample("t", t, len(x), x), "t")
+    z = _standard_noise(x, generator, noise)
+    return t, z, path_coefficients(path, t, x)
+
+
 def flow_matching(
     velocity,
     x: torch.Tensor,
@@ -297,19 +312,9 @@ def flow_matching(
     Introduced in lesson 10.
     """
     check_callable("velocity", velocity)
-    check_tensor("x", x, min_dim=2)
-    check_choice("reduction", reduction, REDUCTIONS)
-    check_gaussian_path("path", path)
-    eps = path.check_eps(eps)
     if marginal_velocity is not None:
         check_callable("marginal_velocity", marginal_velocity)
-    generator = as_generator(generator, x.device)
-    if t is None:
-        t = eps + (path.T - eps) * torch.rand(len(x), generator=generator, dtype=x.dtype, device=x.device)
-    else:
-        t = path.check_time(check_per_sample("t", t, len(x), x), "t")
-    z = _standard_noise(x, generator, noise)
-    alpha, sigma, alpha_dot, sigma_dot = path_coefficients(path, t, x)
+    t, z, (alpha, sigma, alpha_dot, sigma_dot) = _path_draws(velocity, x, path, eps, generator, t, noise, reduction)
     x_t = alpha * x + sigma * z
     if marginal_velocity is None:
         target = alpha_dot * x + sigma_dot * z
@@ -340,17 +345,7 @@ def path_dsm(
     Introduced in lesson 10.
     """
     check_callable("eps_model", eps_model)
-    check_tensor("x", x, min_dim=2)
-    check_choice("reduction", reduction, REDUCTIONS)
-    check_gaussian_path("path", path)
-    eps = path.check_eps(eps)
-    generator = as_generator(generator, x.device)
-    if t is None:
-        t = eps + (path.T - eps) * torch.rand(len(x), generator=generator, dtype=x.dtype, device=x.device)
-    else:
-        t = path.check_time(check_per_sample("t", t, len(x), x), "t")
-    z = _standard_noise(x, generator, noise)
-    alpha, sigma = path_coefficients(path, t, x)[:2]
+    t, z, (alpha, sigma, _, _) = _path_draws(eps_model, x, path, eps, generator, t, noise, reduction)
     eps_hat = check_output("eps_model", eps_model(alpha * x + sigma * z, t), x.shape)
     return _reduce(_flat_sum((eps_hat - z) ** 2), reduction)
 
