@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import append_dims, check_callable, check_choice, check_output, check_per_sample, check_tensor
+from ._checks import append_dims, check_callable, check_choice, check_output, check_per_sample, check_tensor, shared_value
 from .sde import check_gaussian_path
 
 #: the quantities a field on a path may predict (`convert`'s `source` and `target`)
@@ -116,6 +116,39 @@ def convert_field(field: Callable, path, *, source: str, target: str) -> Callabl
     return converted
 
 
+def _isotropic_posterior(mixture, x: torch.Tensor, alpha, sigma):
+    """`mixture_posterior` for isotropic components Sigma_k = c_k I (the ring mixtures): the same formulas with
+    C_k = v_k I, v_k = alpha^2 c_k + sigma^2, written as products of `(n, K)` and `(K, .)` matrices (no `(n, K, D)`
+    tensor, no eigenvectors). `alpha`, `sigma`: floats (one time for the batch: two matrix products in all) or
+    `(n, 1)` columns."""
+    c, mu = mixture._isotropic_variances, mixture.means  # (K,), (K, D)
+    inverse = 1 / (alpha**2 * c + sigma**2)  # 1 / v_k, (K,) or (n, K)
+    # log w_k N(x; alpha mu_k, v_k I) + const = log w_k - D/2 log v_k - (|x|^2 - 2 alpha x.mu_k + alpha^2 |mu_k|^2) / (2 v_k)
+    constant = mixture.weights.log() + 0.5 * x.shape[1] * inverse.log() - 0.5 * alpha**2 * (mu * mu).sum(1) * inverse
+    resp = torch.softmax(constant - 0.5 * (x * x).sum(1, keepdim=True) * inverse + (x @ mu.T) * (alpha * inverse), dim=1)
+    if inverse.ndim == 1:  # r_k times each of 1/v_k, c_k/v_k, mu_k/v_k, c_k mu_k/v_k, mu_k: one product
+        table = torch.cat([inverse[:, None], (c * inverse)[:, None], inverse[:, None] * mu, (c * inverse)[:, None] * mu, mu], 1)
+        sums = resp @ table
+        d = x.shape[1]
+        s0, sc, m0, mc, m = sums[:, :1], sums[:, 1:2], sums[:, 2 : 2 + d], sums[:, 2 + d : 2 + 2 * d], sums[:, 2 + 2 * d :]
+    else:
+        weighted = resp * inverse
+        s0, sc, m0 = weighted.sum(1, keepdim=True), (weighted * c).sum(1, keepdim=True), weighted @ mu
+        mc, m = (weighted * c) @ mu, resp @ mu
+    # E[eps | x] = sigma sum_k r_k (x - alpha mu_k) / v_k; E[x0 | x] = sum_k r_k (mu_k + alpha c_k (x - alpha mu_k) / v_k)
+    return m + alpha * (x * sc - alpha * mc), sigma * (x * s0 - alpha * m0)
+
+
+def _shared_coefficients(path, t: torch.Tensor, names=("marginal_coeffs",)):
+    """The path's coefficients as floats when every entry of the checked times `t` is one time (a sampler's batch),
+    else None."""
+    time = shared_value(t)
+    if time is None:
+        return None
+    time = torch.tensor(time, dtype=torch.float64)
+    return tuple(c.item() for name in names for c in getattr(path, name)(time))
+
+
 def mixture_posterior(mixture, path, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
     r"""The exact posterior means (E[x_0 | x_t = x], E[eps | x_t = x]) of a Gaussian mixture on a Gaussian path.
 
@@ -138,6 +171,10 @@ def mixture_posterior(mixture, path, x: torch.Tensor, t) -> tuple[torch.Tensor, 
     flat = mixture._flatten(x)
     t = path.check_time(check_per_sample("t", t, len(flat), flat))
     alpha, sigma = (c.to(flat.dtype) for c in path.marginal_coeffs(t))
+    if mixture._isotropic_variances is not None:  # as numbers when the batch shares one time, else as columns
+        shared = _shared_coefficients(path, t)
+        x0, eps = _isotropic_posterior(mixture, flat, *(shared or (alpha[:, None], sigma[:, None])))
+        return x0.reshape(x.shape).to(x.dtype), eps.reshape(x.shape).to(x.dtype)
     log_comp, scaled = mixture._affine_components(flat, alpha, sigma)  # scaled = U^T (x - alpha mu) / (alpha^2 l + sigma^2)
     resp = torch.softmax(log_comp, dim=1)[..., None]  # (n, K, 1)
     # E[x0 | x, k] = mu_k + U_k diag(alpha l_k) scaled_k; E[eps | x, k] = sigma U_k scaled_k
@@ -168,8 +205,9 @@ def mixture_field(mixture, path, prediction: str = "velocity") -> Callable:
         x0, eps = mixture_posterior(mixture, path, x, t)
         if prediction in ("x0", "eps"):
             return x0 if prediction == "x0" else eps
-        coefficients = path_coefficients(path, path.check_time(check_per_sample("t", t, len(x), x)), x)
-        return from_x0_eps(x0, eps, coefficients, prediction)
+        t = path.check_time(check_per_sample("t", t, len(x), x))
+        coefficients = _shared_coefficients(path, t, ("marginal_coeffs", "marginal_coeffs_dot"))
+        return from_x0_eps(x0, eps, coefficients or path_coefficients(path, t, x), prediction)
 
     return field
 

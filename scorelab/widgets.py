@@ -32,6 +32,7 @@ from ._checks import check_bounds, check_int
 from .datasets import far_apart_mixture, ring_mixture
 from .metrics import TVEstimate, fisher_divergence, tv_grid
 from .nets import EMA, ScoreMLP
+from .paths import from_x0_eps, mixture_field, to_x0_eps
 from .train import TrainConfig, fit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -471,16 +472,19 @@ class SamplerRun(NamedTuple):
 class SDEExplorer(Explorer):
     """The marginals of a forward SDE started at a ring mixture, and samplers that run it backwards.
 
-    Controls: the SDE (VE, VP, sub-VP, OU), the time t as a fraction of T, the sampler (reverse SDE by
-    predictor-corrector, or the probability-flow ODE), the Langevin corrector on/off, and the number of
-    steps. Left: the exact marginal p_t and its score. Right: sampler trajectories from x_T down to
-    t = eps over p_0, and the final samples; the status line gives their TV distance to p_0 and their cost.
-    The two samplers are compared at equal cost: the ODE's RK4 makes as many score evaluations as the reverse
-    SDE's predictor, in a quarter as many steps.
-    Used by `toy/sde_explorer.ipynb`; lesson 05 explains what it shows.
+    Controls: the SDE (VE, VP, sub-VP, OU) or the linear path of flow matching (alpha = 1 - t, sigma = t: no SDE, so
+    its sampler is the ODE dx/dt = u_t(x) alone), the time t as a fraction of T, the sampler (reverse SDE by
+    predictor-corrector, or the probability-flow ODE), the Langevin corrector on/off, and the number of steps. Left:
+    the exact marginal p_t and its score (for the linear path its exact velocity u_t, lesson 10). Right: sampler
+    trajectories from x_T down to t = eps over p_0, and the final samples; the status line gives their TV distance to
+    p_0 and their cost. The two samplers are compared at equal cost: the ODE's RK4 makes as many score evaluations as
+    the reverse SDE's predictor, in a quarter as many steps; the linear path's ODE takes the same RK4 steps, so every
+    path's ODE runs at equal NFE.
+    Used by `toy/sde_explorer.ipynb`; lessons 05 and 10 explain what it shows.
     """
 
     EPS = 1e-3  # both samplers stop at t = EPS (the paths' time axis is built from it)
+    LINEAR = "linear (FM)"  # the dropdown's name for flow matching's linear path
 
     def __init__(self, n_particles: int = 1000, n_paths: int = 15, seed: int = 0):
         check_int("n_particles", n_particles, minimum=1)
@@ -488,6 +492,7 @@ class SDEExplorer(Explorer):
         check_int("seed", seed, minimum=0)
         self.mixture = ring_mixture(n_modes=4, radius=3.0, std=0.6)
         self.sdes = {"VE": sde_lib.VESDE(0.01, 10.0), "VP": sde_lib.VPSDE(), "sub-VP": sde_lib.SubVPSDE(), "OU": sde_lib.OUSDE(T=5.0)}
+        self.sdes[self.LINEAR] = sde_lib.LinearPath()  # a path without an SDE: the ODE only (lesson 10)
         self.n_particles, self.n_paths, self.seed = n_particles, n_paths, seed
         slider = {"continuous_update": False}
         self.sde_name = W.Dropdown(options=list(self.sdes), value="VP", description="SDE")
@@ -511,6 +516,14 @@ class SDEExplorer(Explorer):
         means, stds = sde.marginal_coeffs(torch.linspace(0.0, sde.T, 101))
         return max(6.0, (4 * means + 3 * stds).max().item())
 
+    def has_sde(self) -> bool:
+        """Whether the chosen path is an SDE (it has a reverse SDE and a score to draw), or a path with only its ODE."""
+        return hasattr(self.sdes[self.sde_name.value], "diffusion")
+
+    def sampler_name(self) -> str:
+        """The sampler that runs: the one chosen, or the ODE for a path without an SDE."""
+        return self.sampler.value if self.has_sde() else "probability-flow ODE"
+
     def run(self) -> SamplerRun:
         """The current sampler's run, seeded; the last run is kept, so moving t alone (which the sampler does not
         depend on) does not run it again."""
@@ -521,6 +534,8 @@ class SDEExplorer(Explorer):
 
     def _run(self):
         sde = self.sdes[self.sde_name.value]
+        if not self.has_sde():
+            return self._run_flow(sde)
         exact, nfe = self.mixture.marginal_score(sde), [0]
 
         def score(x, t):  # counted: the status line gives each run's cost in score evaluations
@@ -551,10 +566,34 @@ class SDEExplorer(Explorer):
             paths, times = torch.stack(kept), np.array(times)
         return SamplerRun(x, paths, times, nfe[0], tv_grid(x, self.mixture, bounds=(-6, 6), bins=20))
 
+    def _run_flow(self, path):
+        """The ODE dx/dt = u_t(x) of a path without an SDE, by the same RK4 steps as the SDEs' probability-flow ODE
+        (equal evaluations). u_t is the exact velocity, alpha_dot x0_hat + sigma_dot eps_hat with both posterior means
+        from the exact score of p_t (Tweedie: `paths.to_x0_eps`), the mixture's fast shared-time score; dividing by
+        alpha, so the run starts at t = T - EPS (alpha = EPS on the linear path; p_t there is N(0, I) to 1e-3)."""
+        t_max, nfe = path.T - self.EPS, [0]
+
+        def flow(t, y):
+            nfe[0] += 1
+            time = torch.tensor(t, dtype=torch.float64)
+            coefficients = tuple(c.item() for c in (*path.marginal_coeffs(time), *path.marginal_coeffs_dot(time)))
+            score = self.mixture._score_of_affine(y, *coefficients[:2])
+            return from_x0_eps(*to_x0_eps(score, y, coefficients, "score"), coefficients, "velocity")
+
+        x_T = path.prior_sample((self.n_particles, 2), generator=self.seed)
+        with torch.no_grad():
+            path_states = sampling.integrate_ode(
+                flow, x_T, t_max, self.EPS, method="rk4", rtol=1e-5, atol=1e-5, n_steps=max(1, self.n_steps.value // 4),
+                interval=(self.EPS, t_max), n_saved=60,
+            )  # fmt: skip
+        x, times = path_states[-1], np.linspace(t_max, self.EPS, len(path_states))
+        return SamplerRun(x, path_states[:, : self.n_paths], times, nfe[0], tv_grid(x, self.mixture, bounds=(-6, 6), bins=20))
+
     def draw(self) -> Figure:
         sde = self.sdes[self.sde_name.value]
         t = self.time.value * sde.T
-        self.corrector.disabled = self.sampler.value != "reverse SDE"
+        self.corrector.disabled = self.sampler_name() != "reverse SDE"
+        self.sampler.disabled = not self.has_sde()
         x, paths, times, nfe, tv = self.run()
         run, view = self._last_run[0], (self.sde_name.value, self.time.value, self.sampler.value)
         # what to draw again: only t moved ("t": the left panel and the dots), only the run changed with the same
@@ -568,7 +607,7 @@ class SDEExplorer(Explorer):
             self._mode = "t"
         else:
             self._mode = "run" if drawn["view"] == view else "sampler" if drawn["view"][:2] == view[:2] else "both"
-        right_title = f"{self.sampler.value} over p_0\n(paths from T; dots at t)"
+        right_title = f"{self.sampler_name()} over p_0\n(paths from T; dots at t)"
         if self._mode == "all":
             fig, (left, right) = self.panels("marginal, sampler", (8.4, 4.2))
             viz.plot_density(self.mixture, (-6, 6), 80, ax=right, title=right_title)
@@ -586,17 +625,23 @@ class SDEExplorer(Explorer):
         if self._mode not in ("run", "sampler"):
             if self._mode != "all":
                 empty_panel(left)
-            marginal, half = self.mixture.marginal(sde, t), self.half_widths[self.sde_name.value]
+            half = self.half_widths[self.sde_name.value]
             mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
             title = f"{self.sde_name.value}: p_t at t = {t:.3g}\nmean scale m(t) = {mean_scale:.2f}, σ(t) = {std:.2f}"
+            if self.has_sde():
+                marginal = self.mixture.marginal(sde, t)
+                field = marginal.score
+            else:  # p_t = the mixture scaled by 1 - t plus noise t (N(0, I) at t = 1); arrows: the velocity u_t
+                marginal, velocity = self.mixture.affine(max(mean_scale, 1e-12), std), mixture_field(self.mixture, sde)
+                field, title = (lambda x: velocity(x, t)), title + "; arrows: u_t"
             viz.plot_density(marginal, (-half, half), 80, ax=left, title=title, colorbar="density p_t")
-            viz.plot_field(marginal.score, (-half, half), 17, ax=left)
+            viz.plot_field(field, (-half, half), 17, ax=left)
         density = left.images[0]
         now = int(np.abs(times - t).argmin())  # the saved state nearest to the slider's t
         dots = right.scatter(paths[now, :, 0], paths[now, :, 1], s=22, color="w", edgecolors="k", linewidths=0.8, zorder=3)
         self._drawn = {"run": run, "view": view, "dots": dots, "run artists": run_artists, "colorbar": density.colorbar.ax}
         rk4_steps = nfe // 4
-        rk4 = f" ({rk4_steps} RK4 step{'s' * (rk4_steps != 1)})" if self.sampler.value == "probability-flow ODE" else ""
+        rk4 = f" ({rk4_steps} RK4 step{'s' * (rk4_steps != 1)})" if self.sampler_name() == "probability-flow ODE" else ""
         self.data = {
             "density": density.get_array().data.copy(), "samples": x.numpy(), "paths": paths.numpy(), "tv": tv, "now": now, "nfe": nfe
         }  # fmt: skip

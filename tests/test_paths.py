@@ -287,3 +287,16 @@ def test_transfer_field_rejects_bad_input():
         paths.transfer_field(field, LinearPath(), VPSDE(), prediction="logits")
     with pytest.raises(ValueError, match="t"):
         paths.transfer_field(field, LinearPath(), VPSDE(), prediction="eps")(_points(), 2.0)
+
+
+@pytest.mark.parametrize("path", [LinearPath(), VPSDE(), VESDE(sigma_min=0.01, sigma_max=5.0)], ids=repr)
+def test_isotropic_mixtures_take_a_shortcut_to_the_same_posterior_means(path):
+    """Isotropic components (the ring mixtures) skip the eigenvectors, with per-sample times or one shared time (then
+    the coefficients are numbers): the same posterior means as the general computation, to round-off, at t = 0 and T."""
+    ring = GaussianMixture([0.2, 0.3, 0.5], [[3.0, 0.0], [-1.5, 2.6], [-1.5, -2.6]], [0.36, 0.25, 0.5], dtype=torch.float64)
+    assert ring._isotropic_variances is not None
+    general = GaussianMixture(ring.weights, ring.means, ring.covs + 1e-300, dtype=torch.float64)  # not detected isotropic
+    x = _points()
+    for t in [_times(path), 0.0, 0.37 * path.T, path.T]:
+        for fast, slow in zip(paths.mixture_posterior(ring, path, x, t), paths.mixture_posterior(general, path, x, t)):
+            torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)

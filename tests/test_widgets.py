@@ -289,3 +289,22 @@ def test_redraws_that_draw_only_what_changed_equal_a_full_render_pixel_for_pixel
         fresh = LangevinPlayground(train_steps=10)
         fresh.set_controls({fresh.n_particles: playground.n_particles.value, fresh.step_size: playground.step_size.value})
         assert np.array_equal(_pixels(playground.image.value), _pixels(fresh.image.value)), (name, value)
+
+
+def test_sde_explorer_has_the_linear_path_with_its_velocity_and_ode_at_equal_cost(sde_explorer):
+    """Flow matching's linear path beside the SDEs (lesson 10): no reverse SDE, so the ODE alone, by the same RK4 steps
+    (equal evaluations); its exact velocity as the arrows; it reaches the mixture; t = 1 (alpha = 0) draws."""
+    sde_explorer.set_controls({sde_explorer.sde_name: "VP", sde_explorer.n_steps: 200, sde_explorer.sampler: "probability-flow ODE"})
+    vp_cost = sde_explorer.data["nfe"]
+    redraw_and_check_image(sde_explorer, sde_explorer.sde_name, SDEExplorer.LINEAR)
+    assert sde_explorer.sampler.disabled and sde_explorer.corrector.disabled
+    assert sde_explorer.data["nfe"] == vp_cost == 200
+    tv = sde_explorer.data["tv"]
+    assert tv.tv < tv.floor + 4 * tv.spread
+    sde_explorer.sampler.value = "reverse SDE"  # disabled in the browser; if set anyway, the ODE still runs
+    right_title = sde_explorer._figures["marginal, sampler"][1][1].get_title()
+    assert sde_explorer.data["nfe"] == 200 and right_title.startswith("probability-flow ODE")
+    redraw_and_check_image(sde_explorer, sde_explorer.time, 1.0)
+    assert np.isfinite(sde_explorer.data["density"]).all()
+    sde_explorer.set_controls({sde_explorer.sde_name: "VP", sde_explorer.time: 0.3})
+    assert not sde_explorer.sampler.disabled
