@@ -29,7 +29,14 @@ SLIDERS = (ipywidgets.FloatSlider, ipywidgets.FloatLogSlider, ipywidgets.IntSlid
 MOVES = {
     widgets.ScoreFieldExplorer: [("sigma", 10 ** (-1 + 0.05)), ("spread", 3.6), ("n_modes", 4)],
     widgets.LangevinPlayground: [("step_size", 10 ** (math.log10(4e-3) - 0.5)), ("n_particles", 1100), ("sigma_min", 10 ** (-1 + 0.05))],
-    widgets.SDEExplorer: [("time", 0.31), ("n_steps", 205), ("sde_name", "VE"), ("sampler", "probability-flow ODE"), ("corrector", True)],
+    widgets.SDEExplorer: [
+        ("time", 0.31),
+        ("n_steps", 205),
+        ("sde_name", "VE"),
+        ("sde_name", "linear (FM)"),
+        ("sampler", "probability-flow ODE"),
+        ("corrector", True),
+    ],
 }
 
 
