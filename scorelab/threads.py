@@ -124,9 +124,8 @@ def configure(setting: str | None = "auto") -> None:
     """Choose the policy as ``SCORELAB_THREADS`` would: ``"auto"``, ``"off"`` or a number of threads (fixed)."""
     if setting is not None and not isinstance(setting, str | int):
         raise TypeError(f"setting must be 'auto', 'off' or an int, got {type(setting).__name__}")
-    _governor.last_set = None
-    _governor.last_busy = None
-    _governor.configure(None if setting is None else str(setting))
+    _governor.last_set, _governor.last_busy, _governor.last_look, _governor.busy_elsewhere = None, None, 0.0, 0.0
+    _governor.configure(None if setting is None else str(setting))  # the next adapt() starts a fresh look
 
 
 def status() -> dict:
