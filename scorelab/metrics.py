@@ -49,6 +49,19 @@ def fisher_divergence(score, dist: GaussianMixture, n: int = 10_000, generator=N
     return Estimate(sq.mean().item(), (sq.std() / math.sqrt(n)).item())
 
 
+def _mixture_grid(dist, bounds, cells: int, what: str):
+    """A 1- or 2-D `GaussianMixture` in float64 on the CPU and the quadrature nodes and weights over `bounds`
+    (`cells` per axis), after checking the arguments; `what` names the integral in the dimension error."""
+    if not isinstance(dist, GaussianMixture):
+        raise TypeError(f"dist must be a GaussianMixture, got {type(dist).__name__}")
+    lo, hi = check_bounds(bounds)
+    check_int("cells", cells, minimum=1)
+    if dist.dim not in (1, 2):
+        raise ValueError(f"dist must be 1- or 2-dimensional ({what} is a grid), got dim {dist.dim}")
+    d = dist.to(dtype=torch.float64, device="cpu")
+    return (d, *_quadrature_nodes(lo, hi, cells, d.dim))
+
+
 def fisher_quadrature(score, dist: GaussianMixture, bounds=(-12.0, 12.0), cells: int = 60) -> float:
     r"""F(p || q) = \int p(x) ||s(x) - \nabla log p(x)||^2 dx for p = `dist` (1-D or 2-D), by quadrature.
 
@@ -60,14 +73,7 @@ def fisher_quadrature(score, dist: GaussianMixture, bounds=(-12.0, 12.0), cells:
     Introduced in lesson 01.
     """
     check_callable("score", score)
-    if not isinstance(dist, GaussianMixture):
-        raise TypeError(f"dist must be a GaussianMixture, got {type(dist).__name__}")
-    lo, hi = check_bounds(bounds)
-    check_int("cells", cells, minimum=1)
-    if dist.dim not in (1, 2):
-        raise ValueError(f"dist must be 1- or 2-dimensional (the integral is a grid), got dim {dist.dim}")
-    d = dist.to(dtype=torch.float64, device="cpu")
-    points, weights = _quadrature_nodes(lo, hi, cells, d.dim)
+    d, points, weights = _mixture_grid(dist, bounds, cells, "the integral")
     total = 0.0
     with torch.no_grad():
         for x, w in zip(points.split(65_536), weights.split(65_536)):
@@ -625,15 +631,8 @@ def denoising_mmse(dist: GaussianMixture, sigma: float, bounds=(-12.0, 12.0), ce
     least this, and Tweedie's estimate attains it. For one Gaussian it is tr(sigma^2 Sigma (Sigma + sigma^2 I)^{-1}).
     Returns a float (squared distance, summed over the D coordinates). Introduced in lesson 01.
     """
-    if not isinstance(dist, GaussianMixture):
-        raise TypeError(f"dist must be a GaussianMixture, got {type(dist).__name__}")
     sigma = check_positive("sigma", sigma, allow_tensor=False)
-    lo, hi = check_bounds(bounds)
-    check_int("cells", cells, minimum=1)
-    if dist.dim not in (1, 2):
-        raise ValueError(f"dist must be 1- or 2-dimensional (the y-integral is a grid), got dim {dist.dim}")
-    d = dist.to(dtype=torch.float64, device="cpu")
-    points, weights = _quadrature_nodes(lo, hi, cells, d.dim)
+    d, points, weights = _mixture_grid(dist, bounds, cells, "the y-integral")
     eye = torch.eye(d.dim, dtype=torch.float64)
     gain = torch.linalg.solve(d.covs + sigma**2 * eye, d.covs).transpose(1, 2)  # Sigma (Sigma + s^2 I)^-1, (K, D, D)
     post_trace = torch.diagonal(d.covs - gain @ d.covs, dim1=1, dim2=2).sum(1)  # tr C_k, (K,)
