@@ -607,7 +607,8 @@ class SDEExplorer(Explorer):
             self._mode = "t"
         else:
             self._mode = "run" if drawn["view"] == view else "sampler" if drawn["view"][:2] == view[:2] else "both"
-        right_title = f"{self.sampler_name()} over p_0\n(paths from T; dots at t)"
+        ode_only = "ODE dx/dt = u_t(x)" if not self.has_sde() else self.sampler_name()  # the linear path: its velocity's ODE
+        right_title = f"{ode_only} over p_0\n(paths from T; dots at t)"
         if self._mode == "all":
             fig, (left, right) = self.panels("marginal, sampler", (8.4, 4.2))
             viz.plot_density(self.mixture, (-6, 6), 80, ax=right, title=right_title)
@@ -633,7 +634,8 @@ class SDEExplorer(Explorer):
                 field = marginal.score
             else:  # p_t = the mixture scaled by 1 - t plus noise t (N(0, I) at t = 1); arrows: the velocity u_t
                 marginal, velocity = self.mixture.affine(max(mean_scale, 1e-12), std), mixture_field(self.mixture, sde)
-                field, title = (lambda x: velocity(x, t)), title + "; arrows: u_t"
+                field = lambda x: velocity(x, t)  # noqa: E731
+                title = title.replace(": p_t at", ": p_t, arrows u_t at", 1)  # u_t points towards noise: not a score
             viz.plot_density(marginal, (-half, half), 80, ax=left, title=title, colorbar="density p_t")
             viz.plot_field(field, (-half, half), 17, ax=left)
         density = left.images[0]
@@ -647,7 +649,7 @@ class SDEExplorer(Explorer):
         }  # fmt: skip
         self.status.value = (
             f"TV(samples, p_0) = {tv.tv:.3f}; an exact sampler of {len(x)} points scores {tv.floor:.3f} ± {tv.spread:.3f}. "
-            f"{nfe} score evaluations{rk4}. White dots: the paths at t = {times[now]:.3g}."
+            f"{nfe} {'score' if self.has_sde() else 'velocity'} evaluations{rk4}. White dots: the paths at t = {times[now]:.3g}."
         )
         return fig
 
