@@ -303,7 +303,8 @@ def test_sde_explorer_has_the_linear_path_with_its_velocity_and_ode_at_equal_cos
     assert tv.tv < tv.floor + 4 * tv.spread
     sde_explorer.sampler.value = "reverse SDE"  # disabled in the browser; if set anyway, the ODE still runs
     right_title = sde_explorer._figures["marginal, sampler"][1][1].get_title()
-    assert sde_explorer.data["nfe"] == 200 and right_title.startswith("probability-flow ODE")
+    assert sde_explorer.data["nfe"] == 200 and right_title.startswith("ODE dx/dt = u_t(x)")
+    assert "200 velocity evaluations" in sde_explorer.status.value
     redraw_and_check_image(sde_explorer, sde_explorer.time, 1.0)
     assert np.isfinite(sde_explorer.data["density"]).all()
     sde_explorer.set_controls({sde_explorer.sde_name: "VP", sde_explorer.time: 0.3})
