@@ -36,6 +36,7 @@ class CheckpointError(ValueError):
 
 #: numeric precisions of a training step
 PRECISIONS = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end, when a path is given)
     progress: bool = True  # tqdm progress bar (TQDM_DISABLE=1 silences it, as CI does)
     warmup_steps: int = 0  # the learning rate grows linearly from lr / warmup_steps to lr over the first steps
+    lr_schedule: str = "constant"  # after warm-up: "constant", or "cosine" (half a cosine from lr down to 0 at n_steps)
     log_every: int = 1  # steps between loss read-outs (a host sync on a GPU: use 50-100 there) and callbacks
     device: str | None = None  # None: where the model already is; "auto" (cuda:LOCAL_RANK if CUDA is there, else cpu), "cpu", "cuda:K"
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on the CPU), "fp32", or "bf16" (CUDA only)
@@ -62,6 +64,7 @@ class TrainConfig:
             check_positive("grad_clip", self.grad_clip, allow_tensor=False)
         check_int("checkpoint_every", self.checkpoint_every, minimum=0)
         check_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_int("log_every", self.log_every, minimum=1)
         check_choice("precision", self.precision, PRECISIONS)
         if self.device is not None and not isinstance(self.device, str):
@@ -72,6 +75,19 @@ class TrainConfig:
             except RuntimeError:
                 raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:K', got {self.device!r}") from None
 
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate `fit` uses at (0-based) `step`: linear warm-up over `warmup_steps` to `lr`, then constant,
+    or with `lr_schedule="cosine"` half a cosine from `lr` down to 0 at `n_steps` (Loshchilov & Hutter 2017, SGDR
+    without restarts). A pure function of the step, so a resumed run continues the same schedule (unless it changes
+    `n_steps`, which stretches the cosine from there on)."""
+    check_int("step", step, minimum=0)
+    scale = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.lr_schedule == "cosine" and step >= config.warmup_steps:
+        done = (step - config.warmup_steps) / max(config.n_steps - config.warmup_steps, 1)
+        scale *= 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+    return config.lr * scale
 
 def resolve_device(device: str = "auto") -> torch.device:
     """The torch device a `TrainConfig.device` string names on this machine (under torchrun, cuda:LOCAL_RANK).
@@ -457,9 +473,9 @@ def fit(
         _set_module_rng_state(module_rng, device)
         for i in bar:
             adapt_threads()
-            if config.warmup_steps:
+            if config.warmup_steps or config.lr_schedule != "constant":
                 for group in optimizer.param_groups:
-                    group["lr"] = config.lr * min(1.0, (i + 1) / config.warmup_steps)
+                    group["lr"] = learning_rate(config, i)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 loss = loss_fn(train_model, next_batch(), noise_generator)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:

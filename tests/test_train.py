@@ -286,3 +286,34 @@ def test_twenty_sigkills_resume_bit_identical_and_leave_no_debris(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(ours["ema"]["module"].values(), theirs["ema"]["module"].values()))
     assert not list(tmp_path.glob(".*.tmp-*")), "a temporary checkpoint file was left behind"
     print(f"\n20 SIGKILLs: steps lost per kill {sorted(lost)} (checkpoint every {every})")
+
+
+def test_learning_rate_warms_up_then_follows_half_a_cosine_to_zero():
+    from scorelab.train import learning_rate
+
+    config = TrainConfig(n_steps=110, lr=0.2, warmup_steps=10, lr_schedule="cosine", progress=False)
+    rates = [learning_rate(config, i) for i in range(110)]
+    assert rates[0] == pytest.approx(0.02) and rates[9] == pytest.approx(0.2)  # linear warm-up to lr
+    assert rates[10] == pytest.approx(0.2) and rates[60] == pytest.approx(0.1)  # cos(pi / 2) halfway
+    assert rates[109] == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))
+    constant = TrainConfig(n_steps=110, lr=0.2, warmup_steps=10, progress=False)
+    assert [learning_rate(constant, i) for i in (9, 60, 109)] == [pytest.approx(0.2)] * 3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")
+
+
+def test_fit_applies_the_cosine_schedule_to_the_optimiser():
+    model = torch.nn.Linear(1, 1, bias=False)
+    seen = []
+    config = TrainConfig(n_steps=4, lr=0.1, lr_schedule="cosine", progress=False)
+
+    def loss(m, x, g):
+        return m(x).mean()
+
+    # a step of Adam moves a weight by about its learning rate: the moves follow the schedule
+    before = model.weight.item()
+    fit(model, loss, torch.ones(4, 1), config, callback=lambda info: seen.append(model.weight.item()))
+    moves = -torch.diff(torch.tensor([before, *seen])).numpy()
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(4)]
+    assert moves == pytest.approx(expected, rel=1e-3)
