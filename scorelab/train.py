@@ -76,7 +76,6 @@ class TrainConfig:
                 raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:K', got {self.device!r}") from None
 
 
-
 def learning_rate(config: TrainConfig, step: int) -> float:
     """The learning rate `fit` uses at (0-based) `step`: linear warm-up over `warmup_steps` to `lr`, then constant,
     or with `lr_schedule="cosine"` half a cosine from `lr` down to 0 at `n_steps` (Loshchilov & Hutter 2017, SGDR
@@ -88,6 +87,7 @@ def learning_rate(config: TrainConfig, step: int) -> float:
         done = (step - config.warmup_steps) / max(config.n_steps - config.warmup_steps, 1)
         scale *= 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
     return config.lr * scale
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """The torch device a `TrainConfig.device` string names on this machine (under torchrun, cuda:LOCAL_RANK).
