@@ -8,6 +8,9 @@ TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-dev
 NB_TIMEOUT ?= 300
 
+# the MNIST IDX files for bench/mnist_cpu.py in `make bench` (skipped if absent)
+MNIST ?= ../shared/data/mnist
+
 .PHONY: lessons test lab bench lint clean
 
 $(STAMP): pyproject.toml
@@ -51,6 +54,8 @@ bench: $(STAMP)
 	$(PY) bench/likelihood.py
 	$(PY) bench/widgets.py
 	$(PY) bench/images.py
+	@if [ -d "$(MNIST)" ]; then $(PY) bench/mnist_cpu.py --data "$(MNIST)" --out runs/bench-mnist-cpu; \
+	else echo "bench/mnist_cpu.py skipped: no MNIST folder at MNIST=$(MNIST)"; fi
 
 lint: $(STAMP)
 	$(PY) -m ruff check scorelab tests bench tools
