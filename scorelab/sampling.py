@@ -894,9 +894,10 @@ def _euler_flow(predict, coeffs, x, t, t_next):
 
 
 def _heun_flow(predict, coeffs, x, t, t_next):
-    """Heun's method in the path's own time t on x (the 2nd-order correction at every step: none ends at sigma = 0).
-    This is Karras et al. 2022's Alg. 1 with the path's own sigma(t) and s(t), not EDM's sigma(t) = t, s(t) = 1
-    (that is `_edm_flow`)."""
+    """Heun's method in the path's own time t on x, corrected at every step (the last one too, ending at eps > 0).
+    It integrates the same ODE as Karras et al. 2022's Alg. 1 with the path's own sigma(t) and s(t) (Alg. 1 is Heun
+    in t for any sigma(t), s(t)), but not with Alg. 1's step pattern: N + 1 nodes spaced i/N and no uncorrected
+    Euler step to sigma = 0 (Alg. 1: N nodes spaced i/(N - 1), then sigma_N = 0; that pattern is `_edm_flow`'s)."""
     h = t_next - t
     slope = predict(x, t, "velocity")
     x_euler = x + h * slope
@@ -904,14 +905,17 @@ def _heun_flow(predict, coeffs, x, t, t_next):
 
 
 def _edm_flow(predict, coeffs, x, t, t_next):
-    """EDM's deterministic sampler (Karras et al. 2022, Alg. 1 with their sigma(t) = t, s(t) = 1, Eq. 4): Heun in the
-    noise level s~ = sigma / alpha on the rescaled x~ = x / alpha, dx~/ds~ = (x~ - D(x~; s~)) / s~ with the denoiser
-    D = x0_hat, i.e. dx~/ds~ = eps_hat(x, t); x = alpha x~ on return."""
+    """One step of EDM's deterministic sampler (Karras et al. 2022, Alg. 1 with their sigma(t) = t, s(t) = 1, Eq. 4):
+    Heun in the noise level s~ = sigma / alpha on the rescaled x~ = x / alpha, dx~/ds~ = (x~ - D(x~; s~)) / s~ with
+    the denoiser D = x0_hat, i.e. dx~/ds~ = eps_hat(x, t); x = alpha x~ on return. As in Alg. 1 (lines 7-8) the
+    correction is skipped when the step ends at sigma = 0: that last step is Euler's, x~ <- D (one evaluation)."""
     alpha, sigma = coeffs(t)[:2]
     alpha_next, sigma_next = coeffs(t_next)[:2]
     h, x_tilde = sigma_next / alpha_next - sigma / alpha, x / alpha
     slope = predict(x, t, "eps")
     x_euler = x_tilde + h * slope
+    if sigma_next == 0:
+        return alpha_next * x_euler
     return alpha_next * (x_tilde + 0.5 * h * (slope + predict(alpha_next * x_euler, t_next, "eps")))
 
 
@@ -936,7 +940,8 @@ def _dpm_solver_2_flow(predict, coeffs, x, t, t_next):
     return (alpha_next / alpha_t) * x - sigma_next * math.expm1(h) * predict(u, s, "eps")
 
 
-#: the solvers of `flow_sample`: (step, field evaluations per step, default time grid)
+#: the solvers of `flow_sample`: (step, field evaluations per step, default time grid); "edm" takes one evaluation
+#: fewer in all (2N - 1: its last step, to sigma = 0, is uncorrected, as in Karras et al.'s Alg. 1)
 FLOW_SOLVERS = {
     "euler": (_euler_flow, 1, "uniform"),
     "heun": (_heun_flow, 2, "edm"),
@@ -970,30 +975,33 @@ def flow_sample(
 
         "euler"         x <- x + h u(x, t)                                            1 evaluation per step, order 1
         "heun"          Heun / trapezoidal predictor-corrector in t on x                2 per step, order 2
-        "edm"           Heun in s~ = sigma / alpha on x~ = x / alpha: EDM's sampler     2 per step, order 2
+        "edm"           Karras et al. 2022's Alg. 1: Heun in s~ = sigma / alpha on x~     2 per step but the last, order 2
         "ddim"          x <- alpha' x0_hat + sigma' eps_hat (Song, Meng & Ermon 2021)  1 per step, order 1
         "dpm_solver_2"  exponential integrator with a midpoint in lambda (Lu et al. 2022, Alg. 1)  2 per step, order 2
 
     DDIM and DPM-Solver-2 integrate the linear part of the ODE exactly in lambda = log(alpha / sigma): for data at
-    a single point DDIM is exact (x0_hat is constant). "heun" is Karras et al. 2022's Alg. 1 with the path's own
-    sigma(t), s(t) (Heun in the path's time); "edm" is Alg. 1 with their sigma(t) = t, s(t) = 1 (Eq. 4: Heun in
-    s~ = sigma / alpha on x / alpha, dx~/ds~ = (x~ - D) / s~ with D = x0_hat); on VE (alpha = 1) it is Heun in sigma.
-    EDM's published range s~ = 80 -> 0.002 is t_max and eps with sigma / alpha = 80 and 0.002
-    (`path.time_of_half_log_snr(-log 80)`), and its prior x~ ~ N(0, 80^2 I) is x = sigma(t_max) z. The time grid is
-    `flow_time_grid`'s `schedule` (default: the solver's, uniform for Euler and DDIM, "edm" with `rho` for Heun and
-    EDM, "logsnr" for DPM-Solver-2). Unlike Alg. 1, the last step ends at eps > 0 and is corrected too (Alg. 1
-    ends with an uncorrected Euler step to sigma = 0).
+    a single point DDIM is exact (x0_hat is constant). "edm" is Karras et al. 2022's Alg. 1 as published, with their
+    sigma(t) = t, s(t) = 1 (Eq. 4: Heun in s~ = sigma / alpha on x / alpha, dx~/ds~ = (x~ - D) / s~ with
+    D = x0_hat; on VE, alpha = 1, Heun in sigma) and their step pattern: N nodes t_0 = t_max, ..., t_{N-1} = eps
+    spaced i/(N - 1) on the `schedule` (Eq. 5 for "edm"), then t_N = 0 (sigma = 0), reached by an uncorrected
+    Euler step, x~ <- D: 2N - 1 evaluations, and x is returned at t = 0, not at eps. EDM's published range
+    s~ = 80 -> 0.002 is t_max and eps with sigma / alpha = 80 and 0.002 (`path.time_of_half_log_snr(-log 80)`),
+    and its prior x~ ~ N(0, 80^2 I) is x = sigma(t_max) z. "heun" is Heun in the path's own time t (the ODE of
+    Alg. 1 with the path's own sigma(t), s(t)), but on N + 1 nodes t_max -> eps spaced i/N, every step corrected:
+    not Alg. 1's step pattern. The time grid is `flow_time_grid`'s `schedule` (default: the solver's, uniform for
+    Euler and DDIM, "edm" with `rho` for Heun and EDM, "logsnr" for DPM-Solver-2).
 
     Args:
         field: `(x, t) -> prediction` with t a `(batch,)` tensor of times: a network, or `paths.mixture_field`, or
             a mixture's `marginal_score(sde)`. path: a `sde.GaussianPath` (`LinearPath`, `VPSDE`, ...).
         x: `(batch, *dims)` samples of the prior at t_max, e.g. `path.prior_sample(shape)`.
-        n_steps: N >= 1; the number of field evaluations (NFE) is N for euler and ddim, 2N for heun, edm and
-            dpm_solver_2.
+        n_steps: N >= 1; the number of field evaluations (NFE) is N for euler and ddim, 2N for heun and
+            dpm_solver_2, 2N - 1 for edm.
         prediction: what `field` returns, "score", "velocity", "x0" or "eps".
         return_nfe: also return the number of field evaluations.
     Returns:
-        x at eps, of x's shape (and the NFE). `callback` gets `{"x", "i", "t"}` after every step.
+        x at eps (at t = 0 for edm), of x's shape (and the NFE). `callback` gets `{"x", "i", "t"}` after every
+        step.
     Introduced in lesson 10.
     """
     check_callable("field", field)
@@ -1001,8 +1009,13 @@ def flow_sample(
     _check_callback(callback)
     check_choice("solver", solver, FLOW_SOLVERS)
     check_choice("prediction", prediction, PREDICTIONS)
+    check_int("n_steps", n_steps, minimum=1)
     step, _, default_schedule = FLOW_SOLVERS[solver]
-    times = flow_time_grid(path, n_steps, schedule=schedule or default_schedule, eps=eps, t_max=t_max, rho=rho)
+    grid = dict(schedule=schedule or default_schedule, eps=eps, t_max=t_max, rho=rho)
+    if solver == "edm":  # Alg. 1: N nodes spaced i/(N - 1), then sigma = 0 at t = 0
+        times = flow_time_grid(path, max(n_steps - 1, 1), **grid)[: max(n_steps, 1)] + [0.0]
+    else:
+        times = flow_time_grid(path, n_steps, **grid)
     coeffs, nfe = _PathCoefficients(path), 0
     field = checked_score(field, "field")
 
