@@ -922,7 +922,7 @@ def _edm_flow(predict, coeffs, x, t, t_next):
 def _ddim_flow(predict, coeffs, x, t, t_next):
     """DDIM with eta = 0 (Song, Meng & Ermon 2021, Eq. 12): x <- alpha_next x0 + sigma_next eps, both predicted at
     (x, t); the exponential integrator of the probability-flow ODE with the prediction frozen over the step (Lu et
-    al. 2022, Eq. 3.7 with k = 1)."""
+    al. 2022, Eq. 3.7, DPM-Solver-1)."""
     x0, eps = predict(x, t, "pair")
     alpha_next, sigma_next = coeffs(t_next)[:2]
     return alpha_next * x0 + sigma_next * eps
