@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 from typing import NamedTuple
 
 import ipywidgets as W
@@ -477,9 +478,11 @@ class SDEExplorer(Explorer):
     predictor-corrector, or the probability-flow ODE), the Langevin corrector on/off, and the number of steps. Left:
     the exact marginal p_t and its score (for the linear path its exact velocity u_t, lesson 10). Right: sampler
     trajectories from x_T down to t = eps over p_0, and the final samples; the status line gives their TV distance to
-    p_0 and their cost. The two samplers are compared at equal cost: the ODE's RK4 makes as many score evaluations as
-    the reverse SDE's predictor, in a quarter as many steps; the linear path's ODE takes the same RK4 steps, so every
-    path's ODE runs at equal NFE.
+    p_0 and their cost. The slider sets that cost, the number of score (velocity) evaluations N, in multiples of 4, so
+    every sampler runs at equal cost: the reverse SDE takes N predictor steps, or N / 2 with the corrector (one
+    Langevin step after each), plus its final denoising evaluation; the probability-flow ODE takes N / 4 RK4 steps
+    (four evaluations each), and so does the linear path's ODE. The left panel's window follows t (it grows with
+    VE's exploding variance: its axes say how far).
     Used by `toy/sde_explorer.ipynb`; lessons 05 and 10 explain what it shows.
     """
 
@@ -501,9 +504,8 @@ class SDEExplorer(Explorer):
             options=["reverse SDE", "probability-flow ODE"], value="reverse SDE", description="sampler", style={"button_width": "auto"}
         )
         self.corrector = W.Checkbox(value=False, description="Langevin corrector")
-        self.n_steps = W.IntSlider(value=200, min=5, max=1000, step=5, description="steps", **slider)
-        # half the side of the left panel per SDE, fixed over t so that VE's exploding variance shows
-        self.half_widths = {name: self._half_width(sde) for name, sde in self.sdes.items()}
+        # the cost of every sampler in score evaluations (multiples of 4: RK4 takes N / 4 steps, the corrector N / 2)
+        self.n_steps = W.IntSlider(value=200, min=4, max=1000, step=4, description="evaluations", **slider)
         self._last_run = None  # (settings, SamplerRun) of the last sampler run (`run`)
         self._drawn = None  # what the last `draw` drew: its run and view settings, dots, run artists, colour bar
         self._mode = "all"  # what the last `draw` drew again: "t", "run", "sampler", "both" or "all" (`render`)
@@ -512,9 +514,11 @@ class SDEExplorer(Explorer):
         self.redraw()
 
     @staticmethod
-    def _half_width(sde) -> float:
-        means, stds = sde.marginal_coeffs(torch.linspace(0.0, sde.T, 101))
-        return max(6.0, (4 * means + 3 * stds).max().item())
+    def half_width(sde, t: float) -> float:
+        """Half the side of the left panel at time t: at least the data's 6, and wide enough for p_t (4 m(t) + 3 sigma(t),
+        rounded up to a multiple of 6 so the window steps rather than creeps as t moves)."""
+        mean, std = sde.marginal_coeffs(torch.tensor(float(t), dtype=torch.float64))
+        return 6.0 * math.ceil(max(1.0, (4 * mean + 3 * std).item() / 6.0))
 
     def has_sde(self) -> bool:
         """Whether the chosen path is an SDE (it has a reverse SDE and a score to draw), or a path with only its ODE."""
@@ -549,7 +553,7 @@ class SDEExplorer(Explorer):
             # compared at equal cost: as many score evaluations as the reverse SDE's `steps` predictor steps, so RK4
             # (four per step) takes a quarter as many steps. At the default 200 (50 RK4 steps), for every SDE, the
             # samples lie within 1e-2 of a 2000-step solution's (a quarter of a pixel here) and the paths within 4e-2
-            rk4_steps = max(1, self.n_steps.value // 4)
+            rk4_steps = self.n_steps.value // 4
             path = sampling.ode_sample(score, sde, x_T, method="rk4", n_steps=rk4_steps, n_saved=60, eps=self.EPS)
             x, paths, times = path[-1], path[:, : self.n_paths], np.linspace(sde.T, self.EPS, len(path))
         else:
@@ -559,10 +563,9 @@ class SDEExplorer(Explorer):
                 kept.append(state["x"][: self.n_paths])
                 times.append(state["t"])
 
-            corrector = "langevin" if self.corrector.value else None
-            x = sampling.pc_sample(
-                score, sde, x_T, self.n_steps.value, corrector=corrector, eps=self.EPS, generator=self.seed + 1, callback=keep
-            )
+            corrector = "langevin" if self.corrector.value else None  # one corrector step each: half the predictor steps
+            n_predictor = self.n_steps.value // 2 if corrector else self.n_steps.value
+            x = sampling.pc_sample(score, sde, x_T, n_predictor, corrector=corrector, eps=self.EPS, generator=self.seed + 1, callback=keep)
             paths, times = torch.stack(kept), np.array(times)
         return SamplerRun(x, paths, times, nfe[0], tv_grid(x, self.mixture, bounds=(-6, 6), bins=20))
 
@@ -583,7 +586,7 @@ class SDEExplorer(Explorer):
         x_T = path.prior_sample((self.n_particles, 2), generator=self.seed)
         with torch.no_grad():
             path_states = sampling.integrate_ode(
-                flow, x_T, t_max, self.EPS, method="rk4", rtol=1e-5, atol=1e-5, n_steps=max(1, self.n_steps.value // 4),
+                flow, x_T, t_max, self.EPS, method="rk4", rtol=1e-5, atol=1e-5, n_steps=self.n_steps.value // 4,
                 interval=(self.EPS, t_max), n_saved=60,
             )  # fmt: skip
         x, times = path_states[-1], np.linspace(t_max, self.EPS, len(path_states))
@@ -626,7 +629,7 @@ class SDEExplorer(Explorer):
         if self._mode not in ("run", "sampler"):
             if self._mode != "all":
                 empty_panel(left)
-            half = self.half_widths[self.sde_name.value]
+            half = self.half_width(sde, t)
             mean_scale, std = (c.item() for c in sde.marginal_coeffs(t))
             title = f"{self.sde_name.value}: p_t at t = {t:.3g}\nmean scale m(t) = {mean_scale:.2f}, σ(t) = {std:.2f}"
             if self.has_sde():
@@ -642,14 +645,19 @@ class SDEExplorer(Explorer):
         now = int(np.abs(times - t).argmin())  # the saved state nearest to the slider's t
         dots = right.scatter(paths[now, :, 0], paths[now, :, 1], s=22, color="w", edgecolors="k", linewidths=0.8, zorder=3)
         self._drawn = {"run": run, "view": view, "dots": dots, "run artists": run_artists, "colorbar": density.colorbar.ax}
-        rk4_steps = nfe // 4
-        rk4 = f" ({rk4_steps} RK4 step{'s' * (rk4_steps != 1)})" if self.sampler_name() == "probability-flow ODE" else ""
+        n = self.n_steps.value
+        if self.sampler_name() == "probability-flow ODE":
+            steps = f" ({n // 4} RK4 step{'s' * (n // 4 != 1)})"
+        elif self.corrector.value:
+            steps = f" ({n // 2} predictor and {n // 2} corrector steps, then one to denoise)"
+        else:
+            steps = f" ({n} predictor steps, then one to denoise)"
         self.data = {
             "density": density.get_array().data.copy(), "samples": x.numpy(), "paths": paths.numpy(), "tv": tv, "now": now, "nfe": nfe
         }  # fmt: skip
         self.status.value = (
             f"TV(samples, p_0) = {tv.tv:.3f}; an exact sampler of {len(x)} points scores {tv.floor:.3f} ± {tv.spread:.3f}. "
-            f"{nfe} {'score' if self.has_sde() else 'velocity'} evaluations{rk4}. White dots: the paths at t = {times[now]:.3g}."
+            f"{nfe} {'score' if self.has_sde() else 'velocity'} evaluations{steps}. White dots: the paths at t = {times[now]:.3g}."
         )
         return fig
 

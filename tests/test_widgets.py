@@ -206,9 +206,17 @@ def test_sde_explorer_controls_redraw(sde_explorer):
         assert changed, control.description
 
 
-def test_sde_explorer_bounds_are_fixed_per_sde_and_mark_the_time(sde_explorer):
-    """VE's panel does not rescale with t (its variance visibly explodes); the dots follow the slider."""
-    assert sde_explorer.half_widths["VE"] > 30 and sde_explorer.half_widths["VP"] == 6.0
+def test_sde_explorer_window_follows_t_and_the_dots_mark_it(sde_explorer):
+    """The left panel is as wide as p_t needs (VE's exploding variance widens it; VP stays at the data's 6); the dots
+    follow the slider."""
+    ve, vp = sde_explorer.sdes["VE"], sde_explorer.sdes["VP"]
+    assert SDEExplorer.half_width(ve, 0.3) == 6.0 and SDEExplorer.half_width(ve, 1.0) >= 30  # sigma(1) = 10
+    assert {SDEExplorer.half_width(vp, t) for t in (0.0, 0.3, 1.0)} == {6.0}
+    sde_explorer.set_controls({sde_explorer.sde_name: "VE", sde_explorer.time: 1.0})
+    left = sde_explorer._figures["marginal, sampler"][1][0]
+    assert left.get_xlim()[1] >= 30
+    sde_explorer.time.value = 0.3
+    assert left.get_xlim()[1] == pytest.approx(6.0, abs=0.5)
     sde_explorer.sde_name.value, sde_explorer.sampler.value = "VP", "reverse SDE"
     nows = []
     for fraction in (0.9, 0.5, 0.1):
@@ -232,16 +240,19 @@ def test_sde_explorer_samplers_reach_the_mixture(sde_explorer):
 
 
 def test_sde_explorer_compares_the_samplers_at_equal_cost(sde_explorer):
-    """The ODE's RK4 (four score evaluations a step) takes a quarter of the reverse SDE's steps; the corrector doubles
-    the SDE's evaluations (and its last, denoising step makes one more). The status line says the cost."""
+    """The slider is the cost N in score evaluations: N predictor steps, or N / 2 with one corrector step each, plus
+    the final denoising evaluation; RK4 takes N / 4 steps. The status line says the cost and the steps."""
     sde_explorer.set_controls({sde_explorer.sde_name: "VP", sde_explorer.n_steps: 120, sde_explorer.corrector: False})
     costs = {}
     for sampler, corrector in [("reverse SDE", False), ("reverse SDE", True), ("probability-flow ODE", True)]:
         sde_explorer.set_controls({sde_explorer.sampler: sampler, sde_explorer.corrector: corrector})
         costs[sampler, corrector] = sde_explorer.data["nfe"]
         assert f"{costs[sampler, corrector]} score evaluations" in sde_explorer.status.value
-    assert costs == {("reverse SDE", False): 121, ("reverse SDE", True): 241, ("probability-flow ODE", True): 120}
+        if sampler == "reverse SDE":
+            assert ("60 predictor and 60 corrector steps" if corrector else "120 predictor steps") in sde_explorer.status.value
+    assert costs == {("reverse SDE", False): 121, ("reverse SDE", True): 121, ("probability-flow ODE", True): 120}
     assert "30 RK4 steps" in sde_explorer.status.value
+    assert sde_explorer.n_steps.step == 4 and sde_explorer.n_steps.min % 4 == 0 and sde_explorer.n_steps.max % 4 == 0
     sde_explorer.set_controls({sde_explorer.sampler: "reverse SDE", sde_explorer.corrector: False})
 
 
