@@ -7,7 +7,7 @@ What it does, with the command line a user has:
 1. `scorelab classifier --config mnist --split test --width 32 --steps 4000`: a small CNN trained on the first 9 000
    test digits, its accuracy on the last 1 000 printed (the judge; the same 1 000 digits the diffusion model never
    sees);
-2. `scorelab train --config mnist-cpu` to the preset's end (1800 steps, sized for about ten minutes on a quiet 2-core
+2. `scorelab train --config mnist-cpu` to the preset's end (2300 steps, sized for about ten minutes on a quiet 2-core
    machine; `--minutes` stops it earlier), judging `--samples` EMA samples every `--every` steps: the share the
    classifier recognises with probability >= 0.9, classifier-FID against the 1 000 held-out digits, the class
    histogram;
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/bench-mnist-cpu", help="folder for the classifier and the run")
     p.add_argument("--minutes", type=float, default=None, help="stop training after this much of its own clock "
                    "(the judging not counted); default: run the preset to its end")  # fmt: skip
-    p.add_argument("--every", type=int, default=300, help="steps between judgements")
+    p.add_argument("--every", type=int, default=575, help="steps between judgements")
     p.add_argument("--samples", type=int, default=256, help="EMA samples per judgement")
     p.add_argument("--judge-width", type=int, default=32, help="the judge's first-layer channels")
     p.add_argument("--judge-steps", type=int, default=4000, help="the judge's optimiser steps (batch 128)")
