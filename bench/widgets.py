@@ -31,7 +31,7 @@ MOVES = {
     widgets.LangevinPlayground: [("step_size", 10 ** (math.log10(4e-3) - 0.5)), ("n_particles", 1100), ("sigma_min", 10 ** (-1 + 0.05))],
     widgets.SDEExplorer: [
         ("time", 0.31),
-        ("n_steps", 205),
+        ("n_steps", 204),  # the slider moves in multiples of 4 (score evaluations)
         ("sde_name", "VE"),
         ("sde_name", "linear (FM)"),
         ("sampler", "probability-flow ODE"),

@@ -1014,7 +1014,7 @@ def flow_sample(
     step, _, default_schedule = FLOW_SOLVERS[solver]
     grid = dict(schedule=schedule or default_schedule, eps=eps, t_max=t_max, rho=rho)
     if solver == "edm":  # Alg. 1: N nodes spaced i/(N - 1), then sigma = 0 at t = 0
-        times = flow_time_grid(path, max(n_steps - 1, 1), **grid)[: max(n_steps, 1)] + [0.0]
+        times = flow_time_grid(path, max(n_steps - 1, 1), **grid)[:n_steps] + [0.0]
     else:
         times = flow_time_grid(path, n_steps, **grid)
     coeffs, nfe = _PathCoefficients(path), 0

@@ -550,9 +550,9 @@ class SDEExplorer(Explorer):
 
         x_T = sde.prior_sample((self.n_particles, 2), generator=self.seed)
         if self.sampler.value == "probability-flow ODE":
-            # compared at equal cost: as many score evaluations as the reverse SDE's `steps` predictor steps, so RK4
-            # (four per step) takes a quarter as many steps. At the default 200 (50 RK4 steps), for every SDE, the
-            # samples lie within 1e-2 of a 2000-step solution's (a quarter of a pixel here) and the paths within 4e-2
+            # compared at equal cost: the slider's N score evaluations, so RK4 (four per step) takes N / 4 steps. At the
+            # default 200 (50 RK4 steps), for every SDE, the samples lie within 1e-2 of a 2000-step solution's (a
+            # quarter of a pixel here) and the paths within 4e-2
             rk4_steps = self.n_steps.value // 4
             path = sampling.ode_sample(score, sde, x_T, method="rk4", n_steps=rk4_steps, n_saved=60, eps=self.EPS)
             x, paths, times = path[-1], path[:, : self.n_paths], np.linspace(sde.T, self.EPS, len(path))
