@@ -74,8 +74,13 @@ def test_a_quiet_machine_keeps_every_thread(restore_threads, monkeypatch):
 
 
 def test_an_explicit_choice_is_kept(restore_threads):
+    """A torch.set_num_threads the governor did not make switches it off. (A call that repeats the count the governor
+    last set cannot be told apart, and changes nothing; so the governor here last set 2, whatever the load, and the
+    user asks for 1: a loaded machine, where the governor had already set 1, made this test fail.)"""
     threads.configure("auto")
-    threads._governor.last_set = torch.get_num_threads()
+    if threads.status()["mode"] != "auto":
+        pytest.skip("the adaptation is off here (OMP_NUM_THREADS set, or no /proc)")
+    threads._governor.last_set = 2
     torch.set_num_threads(1)  # the user's own call
     threads._governor.last_look = 0.0
     threads.adapt()
