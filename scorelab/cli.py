@@ -131,7 +131,9 @@ def _mnist_cpu_config() -> RunConfig:
     held out), the tiny U-Net, a large learning rate with warm-up, and an EMA whose warm-up makes it usable early.
     2300 steps of 64 images fill about nine minutes at the ~270 images/s of a quiet 2-core machine; tried and not
     kept (judged by `bench/mnist_cpu.py`'s classifier): width 24 or 32 (2-3x slower per image), a cosine learning
-    rate decay (0.71 recognised at step 1800 vs 0.69-0.79 without), 200 sampler steps instead of 100 (0.75 vs 0.79)."""
+    rate decay (0.71 recognised at step 1800 vs 0.69-0.79 without), 200 sampler steps instead of 100 (0.75 vs 0.79);
+    more (wider 7x7 level, log-SNR sampling of t, EDM's noise conditioning, longer EMAs, clipping x0) and where the
+    digits are lost (between t = 0.2 and 0.5, `bench/mnist_cpu.py`) in the README's "MNIST on a laptop CPU"."""
     train = TrainConfig(
         n_steps=2300, batch_size=64, lr=2e-3, warmup_steps=100, grad_clip=1.0, checkpoint_every=200, log_every=25, device="auto"
     )

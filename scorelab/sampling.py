@@ -479,10 +479,14 @@ def pc_sample(
     known: torch.Tensor | None = None,
     generator=None,
     callback: Callable[[dict], None] | None = None,
+    t_start: float | None = None,
 ) -> torch.Tensor:
     r"""Predictor-corrector sampling of the reverse-time SDE (Song et al. 2021, Alg. 1-3).
 
-    From x_T (the prior sample `x`, supplied by the caller) over `n_steps` equal steps down to t = eps.
+    From x_T (the prior sample `x`, supplied by the caller) over `n_steps` equal steps down to t = eps. With
+    `t_start` < T, `x` is a sample of p_{t_start} instead (e.g. data pushed forward by `sde.marginal_coeffs`) and the
+    steps run from t_start: SDEdit (Meng et al. 2022) edits images this way, and `bench/mnist_cpu.py` uses it to find
+    at which noise levels a trained model loses what the data had.
     Each step runs the predictor from t_k to t_{k+1} and then `n_corrector_steps` Langevin corrector
     steps at t_{k+1}, as in Algorithms 2-3 of the paper. (The official PyTorch code runs the corrector
     first, at t_k, then the predictor: the same chain except that it corrects at T, where x is already a
@@ -505,6 +509,7 @@ def pc_sample(
     Args:
         score: `(x, t) -> s(x, t)`, `t` a `(batch,)` tensor of forward times.
         sde: a `scorelab.sde.SDE`. x: `(batch, *dims)`, e.g. `sde.prior_sample(shape)`.
+        t_start: the time `x` is a sample of (default T); the grid runs from it to eps.
     Returns:
         samples of x's shape. `callback` gets `{"x", "x_mean", "i", "t"}` after every step.
     Introduced in lesson 05.
@@ -523,7 +528,10 @@ def pc_sample(
     check_sde("sde", sde)
     eps = sde.check_eps(eps)
     generator = as_generator(generator, x.device)
-    times = torch.linspace(sde.T, eps, n_steps + 1, dtype=torch.float64).tolist()
+    start = sde.T if t_start is None else check_positive("t_start", t_start, allow_tensor=False)
+    if not eps < start <= sde.T * (1 + 1e-6):
+        raise ValueError(f"t_start must lie in (eps, T] = ({eps:.3g}, {sde.T:.3g}], got {t_start!r}")
+    times = torch.linspace(start, eps, n_steps + 1, dtype=torch.float64).tolist()
     schedule = _Schedule(sde, times)
     _precompute(score, times, x)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]

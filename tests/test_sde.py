@@ -371,3 +371,23 @@ def test_a_time_expanded_to_the_batch_is_still_checked_and_scored_as_a_full_batc
     score = mix.marginal_score(sde)
     torch.testing.assert_close(score(x, shared), score(x, torch.full((7,), 0.3, dtype=torch.float64)))
     torch.testing.assert_close(score(x, shared), mix.marginal(sde, 0.3).score(x))
+
+
+@pytest.mark.parametrize("name", SDES)
+def test_pc_sample_from_t_start_reaches_the_mixture_from_its_marginal(name):
+    """SDEdit's start (Meng et al. 2022): exact samples of p_t0 at t_start = t0, carried to eps by the exact score,
+    are samples of the mixture; the grid runs from t0 (the callback's times), and t_start = T is the default."""
+    sde = SDES[name]
+    t0, n_steps = 0.3 * sde.T, 150
+    x_t0 = MIX.marginal(sde, t0).sample(2000, generator=0)
+    seen = []
+    x = sampling.pc_sample(MIX.marginal_score(sde), sde, x_t0, n_steps, t_start=t0, generator=1, callback=seen.append)
+    result = tv_grid(x, MIX, bounds=(-6, 6), bins=20)
+    assert result.tv < result.floor + 4 * result.spread, result
+    assert seen[0]["t"] == pytest.approx(t0 - (t0 - 1e-3) / n_steps) and seen[-1]["t"] == pytest.approx(1e-3)
+    x_T = sde.prior_sample((16, 2), generator=2)
+    default = sampling.pc_sample(MIX.marginal_score(sde), sde, x_T, 10, generator=3)
+    assert torch.equal(default, sampling.pc_sample(MIX.marginal_score(sde), sde, x_T, 10, generator=3, t_start=sde.T))
+    for bad in (0.0, 1e-4, 1.5 * sde.T):
+        with pytest.raises(ValueError, match="t_start"):
+            sampling.pc_sample(MIX.marginal_score(sde), sde, x_T, 10, t_start=bad)
