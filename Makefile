@@ -37,7 +37,7 @@ $(CHROMIUM_STAMP): $(STAMP)
 
 ## make test: unit and statistical tests, every notebook under nbval, the demos in a real browser
 test: $(STAMP) $(CHROMIUM_STAMP)
-	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --timeout=900 -p no:cacheprovider
+	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NB_TIMEOUT) --timeout=900 -p no:cacheprovider --durations=15
 
 ## make lab: JupyterLab on the lessons
 lab: $(STAMP)
