@@ -131,6 +131,44 @@ def count_backward_passes(model: torch.nn.Module, step) -> int:
     return len(calls)
 
 
+def count_flops(step) -> int:
+    """Floating-point operations of the matrix products and convolutions that `step()` runs, forward and backward.
+
+    A measure of work that no machine and no load changes, where a time is one machine's reading (lessons 02 and
+    08 assert on it and print times beside it). Counted from the operands' shapes with PyTorch's own formulas
+    (`torch.utils.flop_counter`: 2mnk for an (m, k) @ (k, n) product; likewise convolutions and attention), for
+    every such operation `step()` runs, including the passes inside `torch.autograd.grad(..., create_graph=True)`
+    and the backward through their graphs. Elementwise operations (activations, the optimiser's update, Langevin's
+    noise) are not counted: in an MLP they are a small share of the arithmetic, though not of the time at small
+    sizes, where fixed per-operation costs dominate. (`torch.utils.flop_counter.FlopCounterMode` is not used: its
+    module hooks raise inside `torch.autograd.grad`, which ISM's trace and every energy's score call.)
+
+    Args:
+        step: a callable with no arguments (e.g. `lambda: losses.ism(model, x).backward()`).
+
+    Returns:
+        the number of floating-point operations (an int >= 0).
+    """
+    check_callable("step", step)
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class _Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.total += int(formula(*args, **kwargs, out_val=out))
+            return out
+
+    with _Counter() as counter:
+        step()
+    return counter.total
+
+
 def _gaussian_projections(shape, generator, dtype, device):
     return torch.randn(shape, generator=generator, dtype=dtype, device=device)
 

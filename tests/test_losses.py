@@ -307,3 +307,34 @@ def test_count_backward_passes_bad_input():
         losses.count_backward_passes(ScoreMLP(2, hidden=4, n_layers=1), None)
     with pytest.raises(ValueError, match="Linear"):
         losses.count_backward_passes(torch.nn.Tanh(), lambda: None)
+
+
+def test_count_flops_matches_the_closed_form_of_a_linear_layer():
+    # y = x W^T + b for x (n, k), W (m, k): forward 2nkm; backward 2nkm for dL/dx and 2nkm for dL/dW
+    n, k, m = 7, 5, 3
+    layer = torch.nn.Linear(k, m)
+    x = torch.randn(n, k, requires_grad=True)
+    assert losses.count_flops(lambda: layer(x)) == 2 * n * k * m
+    assert losses.count_flops(lambda: layer(x).sum().backward()) == 3 * 2 * n * k * m
+    with torch.no_grad():
+        assert losses.count_flops(lambda: torch.tanh(x)) == 0  # elementwise: not counted
+    assert losses.count_flops(lambda: None) == 0
+
+
+def test_count_flops_sees_create_graph_passes_and_the_backward_through_them():
+    # ISM's step: the D trace passes (create_graph) and the parameters' backward through their graphs,
+    # so the backward's share grows with D (what lesson 02 asserts); FlopCounterMode raises here
+    counts = {}
+    for dim in (2, 8):
+        torch.manual_seed(0)
+        model = ScoreMLP(dim, hidden=16, n_layers=2)
+        x = torch.randn(5, dim)
+        loss_only = losses.count_flops(lambda m=model, x=x: losses.ism(m, x))
+        step = losses.count_flops(lambda m=model, x=x: losses.ism(m, x).backward())
+        assert 0 < loss_only < step
+        counts[dim] = (loss_only, step - loss_only)
+    assert counts[8][1] / counts[2][1] > 3  # the backward grows about like D (4x here)
+    with pytest.raises(TypeError, match="step"):
+        losses.count_flops(None)
+    with pytest.raises(RuntimeError, match="boom"):  # errors in step pass through
+        losses.count_flops(lambda: (_ for _ in ()).throw(RuntimeError("boom")))
