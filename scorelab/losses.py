@@ -132,16 +132,19 @@ def count_backward_passes(model: torch.nn.Module, step) -> int:
 
 
 def count_flops(step) -> int:
-    """Floating-point operations of the matrix products and convolutions that `step()` runs, forward and backward.
+    """Floating-point operations of the products and convolutions that `step()` runs, forward and backward.
 
-    A measure of work that no machine and no load changes, where a time is one machine's reading (lessons 02 and
-    08 assert on it and print times beside it). Counted from the operands' shapes with PyTorch's own formulas
-    (`torch.utils.flop_counter`: 2mnk for an (m, k) @ (k, n) product; likewise convolutions and attention), for
-    every such operation `step()` runs, including the passes inside `torch.autograd.grad(..., create_graph=True)`
-    and the backward through their graphs. Elementwise operations (activations, the optimiser's update, Langevin's
-    noise) are not counted: in an MLP they are a small share of the arithmetic, though not of the time at small
-    sizes, where fixed per-operation costs dominate. (`torch.utils.flop_counter.FlopCounterMode` is not used: its
-    module hooks raise inside `torch.autograd.grad`, which ISM's trace and every energy's score call.)
+    A measure of work that no machine's speed or load changes (for a given PyTorch version, which decides how each
+    operation is lowered), where a time is one machine's reading: lessons 02 and 08 assert on it and print times
+    beside it. Counted from the operands' shapes, for every such operation `step()` runs, including the passes inside
+    `torch.autograd.grad(..., create_graph=True)` and the backward through their graphs: matrix-matrix products
+    (`mm`, `addmm`, `bmm`, `baddbmm`: 2mnk for (m, k) @ (k, n); what `nn.Linear`, `@` and `einsum` lower to),
+    convolutions and attention by PyTorch's own formulas (`torch.utils.flop_counter`), and matrix-vector and dot
+    products (`mv`, `addmv`: 2mn; `dot`, `vdot`: 2n), which PyTorch's table leaves out. Elementwise operations
+    (activations, the optimiser's update, Langevin's noise) are not counted: in an MLP they are a small share of the
+    arithmetic, though not of the time at small sizes, where fixed per-operation costs dominate.
+    (`torch.utils.flop_counter.FlopCounterMode` is not used: its module hooks raise inside `torch.autograd.grad`,
+    which ISM's trace and every energy's score call.)
 
     Args:
         step: a callable with no arguments (e.g. `lambda: losses.ism(model, x).backward()`).
@@ -153,15 +156,25 @@ def count_flops(step) -> int:
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
 
+    aten = torch.ops.aten
+    vector_products = {  # not in PyTorch's table: 2 operations per multiply-add
+        aten.mv: lambda matrix, vector, **_: 2 * matrix.numel(),
+        aten.addmv: lambda bias, matrix, vector, **_: 2 * matrix.numel(),
+        aten.dot: lambda a, b, **_: 2 * a.numel(),
+        aten.vdot: lambda a, b, **_: 2 * a.numel(),
+    }
+
     class _Counter(TorchDispatchMode):
         total = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            formula = flop_registry.get(func._overloadpacket)
-            if formula is not None:
-                self.total += int(formula(*args, **kwargs, out_val=out))
+            packet = func._overloadpacket
+            if packet in flop_registry:
+                self.total += int(flop_registry[packet](*args, **kwargs, out_val=out))
+            elif packet in vector_products:
+                self.total += int(vector_products[packet](*args, **kwargs))
             return out
 
     with _Counter() as counter:

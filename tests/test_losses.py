@@ -318,6 +318,17 @@ def test_count_flops_matches_the_closed_form_of_a_linear_layer():
     assert losses.count_flops(lambda: layer(x).sum().backward()) == 3 * 2 * n * k * m
     with torch.no_grad():
         assert losses.count_flops(lambda: torch.tanh(x)) == 0  # elementwise: not counted
+    # matrix-vector and dot products, which PyTorch's own table leaves out
+    w, v = torch.randn(40, 50), torch.randn(50)
+    assert losses.count_flops(lambda: w @ v) == 2 * 40 * 50
+    assert losses.count_flops(lambda: torch.addmv(torch.randn(40), w, v)) == 2 * 40 * 50
+    assert losses.count_flops(lambda: v @ v) == 2 * 50
+    # a batched product and a convolution, by PyTorch's formulas
+    a, b = torch.randn(3, 4, 5), torch.randn(3, 5, 6)
+    assert losses.count_flops(lambda: a @ b) == 2 * 3 * 4 * 5 * 6
+    conv, image = torch.nn.Conv2d(2, 3, 3, padding=1, bias=False), torch.randn(1, 2, 8, 8)
+    with torch.no_grad():
+        assert losses.count_flops(lambda: conv(image)) == 2 * 3 * 2 * 9 * 8 * 8
     assert losses.count_flops(lambda: None) == 0
 
 
