@@ -140,7 +140,9 @@ def count_flops(step) -> int:
     `torch.autograd.grad(..., create_graph=True)` and the backward through their graphs: matrix-matrix products
     (`mm`, `addmm`, `bmm`, `baddbmm`: 2mnk for (m, k) @ (k, n); what `nn.Linear`, `@` and `einsum` lower to),
     convolutions and attention by PyTorch's own formulas (`torch.utils.flop_counter`), and matrix-vector and dot
-    products (`mv`, `addmv`: 2mn; `dot`, `vdot`: 2n), which PyTorch's table leaves out. Elementwise operations
+    products (`mv`, `addmv`: 2mn; `dot`, `vdot`: 2n, for real tensors), which PyTorch's table leaves out. The
+    backward of a matrix-vector or dot product is counted only in part: PyTorch forms its outer products elementwise,
+    so `(W @ v).sum().backward()` counts the forward and `v`'s gradient, not `W`'s. Elementwise operations
     (activations, the optimiser's update, Langevin's noise) are not counted: in an MLP they are a small share of the
     arithmetic, though not of the time at small sizes, where fixed per-operation costs dominate.
     (`torch.utils.flop_counter.FlopCounterMode` is not used: its module hooks raise inside `torch.autograd.grad`,
