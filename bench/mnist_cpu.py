@@ -97,12 +97,14 @@ def main(argv=None) -> int:
         print(f"{r['train_seconds'] / 60:8.1f} {r['step']:6d} {r['confident_fraction']:17.3f} {r['classifier_fid']:15.2f}  {histogram}")
     grids = sorted((run / "samples").glob("step_*.png"))
     print(f"last grid: {grids[-1] if grids else '(none)'}")
-    judge_last(run / "checkpoint.pt", held, classifier, args.final_samples)
-    where_digits_are_lost(run / "checkpoint.pt", held, classifier, args.samples)
+    ema = _ema_model(run / "checkpoint.pt", held.shape[1])  # the last EMA weights, for both read-outs below
+    judge_last(ema, held, classifier, args.final_samples)
+    where_digits_are_lost(ema, held, classifier, args.samples)
     return 0
 
 
 def _ema_model(checkpoint: Path, channels: int):
+    """(the EMA network, the run's configuration, the steps taken) from `checkpoint`."""
     state = cli.load_checkpoint(checkpoint)
     config = cli.run_config_from(state, checkpoint)
     model = cli.build_model(config, channels).eval()
@@ -111,10 +113,11 @@ def _ema_model(checkpoint: Path, channels: int):
 
 
 @torch.no_grad()
-def judge_last(checkpoint: Path, held: torch.Tensor, classifier, n: int, batch: int = 256) -> None:
-    """The last checkpoint's EMA weights judged on `n` samples (the run's sampler and steps, batches of `batch`, each
-    batch its own seed): the confident share with its binomial SE, classifier-FID and the class histogram."""
-    model, config, step = _ema_model(checkpoint, held.shape[1])
+def judge_last(ema, held: torch.Tensor, classifier, n: int, batch: int = 256) -> None:
+    """The last checkpoint's EMA weights (`_ema_model`'s triple) judged on `n` samples (the run's sampler and steps,
+    batches of `batch`, each batch its own seed): the confident share with its binomial SE, classifier-FID and the
+    class histogram."""
+    model, config, step = ema
     parts = [cli.draw_samples(model, config, (min(batch, n - i), *held.shape[1:]), "cpu", generator=1000 + i)[0]
              for i in range(0, n, batch)]  # fmt: skip
     r = metrics.classifier_fid(held, torch.cat(parts).clamp(-1, 1), classifier)
@@ -127,13 +130,13 @@ def judge_last(checkpoint: Path, held: torch.Tensor, classifier, n: int, batch: 
 
 
 @torch.no_grad()
-def where_digits_are_lost(checkpoint: Path, held: torch.Tensor, classifier, n: int, times=(0.2, 0.35, 0.5, 0.65, 1.0)) -> None:
+def where_digits_are_lost(ema, held: torch.Tensor, classifier, n: int, times=(0.2, 0.35, 0.5, 0.65, 1.0)) -> None:
     """At which noise levels the trained model loses digits (SDEdit's experiment, Meng et al. 2022): `n` held-out
     digits pushed forward to t0, then the reverse SDE from there (`pc_sample(t_start=t0)`, the run's step size) back
     to eps with the EMA weights. Printed: the share the judge recognises with confidence >= 0.9 (the real digits'
     share is the null; from t0 = T the start is pure noise, as in sampling) and the share it reads as the digit it
     started from (chance, 0.1, from t0 = T)."""
-    model, config, _ = _ema_model(checkpoint, held.shape[1])
+    model, config, _ = ema
     sde = cli.SDES[config.sde](config)
     score = condition_on_std(model, sde)
     generator = torch.Generator().manual_seed(0)
