@@ -282,7 +282,7 @@ def _standard_noise(x, generator, noise):
 
 
 #: weightings lambda(t) of the continuous-time DSM loss
-SDE_WEIGHTINGS = ("sigma2", "likelihood")
+SDE_WEIGHTINGS = ("sigma2", "likelihood", "min_snr")
 
 
 def diffuse(x: torch.Tensor, sde, eps: float, generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -296,17 +296,28 @@ def diffuse(x: torch.Tensor, sde, eps: float, generator) -> tuple[torch.Tensor, 
 
 
 def sde_dsm(
-    score, x: torch.Tensor, sde, weighting: str = "sigma2", eps: float = 1e-5, generator=None, *, reduction: str = "mean"
+    score,
+    x: torch.Tensor,
+    sde,
+    weighting: str = "sigma2",
+    eps: float = 1e-5,
+    generator=None,
+    *,
+    snr_gamma: float = 5.0,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     r"""Continuous-time denoising score matching (Song et al. 2021, Eq. 7).
 
     t ~ U(eps, T), x_t = m(t) x + sigma(t) z, and 1/2 lambda(t) ||s_theta(x_t, t) + z / sigma(t)||^2 with
     lambda(t) = sigma(t)^2 (`"sigma2"`: the loss is 1/2 ||sigma(t) s_theta + z||^2, every t weighted alike) or
-    lambda(t) = g(t)^2 (`"likelihood"`: the loss bounds the negative log-likelihood, Song et al. 2021b).
+    lambda(t) = g(t)^2 (`"likelihood"`: the loss bounds the negative log-likelihood, Song et al. 2021b), or
+    lambda(t) = sigma(t)^2 min(SNR(t), snr_gamma) / SNR(t) with SNR = m(t)^2 / sigma(t)^2 (`"min_snr"`, Hang et al.
+    2023's Min-SNR-gamma for noise prediction: `"sigma2"` with the low-noise times, SNR > snr_gamma, weighted down).
     `score(x, t)` receives the forward time t as a `(batch,)` tensor. Introduced in lesson 05.
     """
     _prepare(score, x, reduction)
     check_choice("weighting", weighting, SDE_WEIGHTINGS)
+    check_positive("snr_gamma", snr_gamma, allow_tensor=False)
     check_sde("sde", sde)
     eps = sde.check_eps(eps)
     generator = as_generator(generator, x.device)
@@ -314,6 +325,10 @@ def sde_dsm(
     s = check_output("score", score(x_t, t), x.shape)
     if weighting == "sigma2":
         per_sample = 0.5 * _flat_sum((std * s + z) ** 2)
+    elif weighting == "min_snr":
+        mean_scale, sigma = sde.marginal_coeffs(t)
+        snr = (mean_scale / sigma).to(x.dtype) ** 2
+        per_sample = 0.5 * snr.clamp(max=snr_gamma) / snr * _flat_sum((std * s + z) ** 2)
     else:
         per_sample = 0.5 * sde.diffusion(t).to(x.dtype) ** 2 * _flat_sum((s + z / std) ** 2)
     return _reduce(per_sample, reduction)

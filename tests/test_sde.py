@@ -318,6 +318,15 @@ def test_sde_dsm_is_minimised_by_the_exact_marginal_score_and_weightings_agree()
     ratio = sde.diffusion(t) ** 2 / sde.marginal_coeffs(t)[1] ** 2
     likelihood_weighted = losses.sde_dsm(exact, x, sde, weighting="likelihood", generator=1, reduction="none")
     torch.testing.assert_close(likelihood_weighted, ratio.float() * best, rtol=1e-4, atol=1e-5)
+    # Min-SNR-gamma = min(SNR, gamma) / SNR times the sigma^2 weighting: below 1 exactly where SNR > gamma
+    mean_scale, std = sde.marginal_coeffs(t)
+    snr = (mean_scale / std) ** 2
+    for gamma in (5.0, 0.5):
+        min_snr = losses.sde_dsm(exact, x, sde, weighting="min_snr", generator=1, snr_gamma=gamma, reduction="none")
+        torch.testing.assert_close(min_snr, (snr.clamp(max=gamma) / snr).float() * best, rtol=1e-4, atol=1e-5)
+        assert 0.05 < (min_snr < best).float().mean() < 0.95  # both sides of gamma are drawn
+    with pytest.raises(ValueError, match="snr_gamma"):
+        losses.sde_dsm(exact, x, sde, weighting="min_snr", snr_gamma=0.0)
 
 
 def test_pc_callback_and_determinism():
