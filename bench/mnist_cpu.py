@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from scorelab import cli, datasets, metrics, sampling
+from scorelab import cli, datasets, metrics, sampling, viz
 from scorelab.sde import condition_on_std
 
 
@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=575, help="steps between judgements")
     p.add_argument("--samples", type=int, default=256, help="EMA samples per judgement")
     p.add_argument("--final-samples", type=int, default=1024, help="EMA samples judging the last checkpoint")
+    p.add_argument("--guidance", default="2", help="autoguidance weights judged with the run's guide.pt, comma-separated "
+                   "(the preset keeps its EMA at step 575)")  # fmt: skip
     p.add_argument("--judge-width", type=int, default=32, help="the judge's first-layer channels")
     p.add_argument("--judge-steps", type=int, default=4000, help="the judge's optimiser steps (batch 128)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="changes to the mnist-cpu preset")
@@ -98,7 +100,12 @@ def main(argv=None) -> int:
     grids = sorted((run / "samples").glob("step_*.png"))
     print(f"last grid: {grids[-1] if grids else '(none)'}")
     ema = _ema_model(run / "checkpoint.pt", held.shape[1])  # the last EMA weights, for both read-outs below
-    judge_last(ema, held, classifier, args.final_samples)
+    judge_last(ema, held, classifier, args.final_samples, figure=out / "judged.png")
+    if (run / "guide.pt").exists():  # autoguidance by the run's own EMA at guide_step (Karras et al. 2024)
+        guide = cli.load_model(run / "guide.pt")[0]
+        for weight in (float(w) for w in args.guidance.split(",")):
+            figure = out / f"judged-autoguided-{weight:g}.png"
+            judge_last(ema, held, classifier, args.final_samples, figure=figure, guide=guide, weight=weight)
     where_digits_are_lost(ema, held, classifier, args.samples)
     return 0
 
@@ -113,20 +120,36 @@ def _ema_model(checkpoint: Path, channels: int):
 
 
 @torch.no_grad()
-def judge_last(ema, held: torch.Tensor, classifier, n: int, batch: int = 256) -> None:
+def judge_last(ema, held: torch.Tensor, classifier, n: int, batch: int = 256, figure: Path | None = None, guide=None, weight=1.0) -> None:
     """The last checkpoint's EMA weights (`_ema_model`'s triple) judged on `n` samples (the run's sampler and steps,
-    batches of `batch`, each batch its own seed): the confident share with its binomial SE, classifier-FID and the
-    class histogram."""
+    batches of `batch`, each batch its own seed, the same with or without a guide): the confident share with its
+    binomial SE, classifier-FID and the class histogram; with `figure`, a PNG of the samples the judge recognises
+    and of those it does not, one row per class it reads (what the missing share looks like). With `guide` (the
+    run's guide.pt network), autoguided samples of weight `weight` (`cli.draw_samples`)."""
     model, config, step = ema
-    parts = [cli.draw_samples(model, config, (min(batch, n - i), *held.shape[1:]), "cpu", generator=1000 + i)[0]
+    guided = {"guide": guide, "guidance": weight} if guide is not None else {}
+    parts = [cli.draw_samples(model, config, (min(batch, n - i), *held.shape[1:]), "cpu", generator=1000 + i, **guided)[0]
              for i in range(0, n, batch)]  # fmt: skip
-    r = metrics.classifier_fid(held, torch.cat(parts).clamp(-1, 1), classifier)
+    samples = torch.cat(parts).clamp(-1, 1)
+    r = metrics.classifier_fid(held, samples, classifier)
     share = r.confident_fraction
     histogram = " ".join(f"{v:.2f}" for v in r.class_histogram)
+    how = f"autoguided (w = {weight:g}) " if guide is not None else ""
     print(
-        f"last checkpoint (step {step}) on {n} EMA samples: confident >= 0.9 {share:.3f} "
+        f"last checkpoint (step {step}) on {n} {how}EMA samples: confident >= 0.9 {share:.3f} "
         f"± {math.sqrt(share * (1 - share) / n):.3f} (binomial SE), classifier-FID {r.fid:.2f}, classes {histogram}"
     )
+    if figure is not None:
+        confidence, label = classifier(samples).softmax(1).max(1)
+        fig, axes = viz.subplots(2, size=4.2)
+        for ax, keep, name in ((axes[0], confidence >= 0.9, "recognised"), (axes[1], confidence < 0.9, "not recognised")):
+            title = f"{name} (confidence {'≥' if name == 'recognised' else '<'} 0.9): {int(keep.sum())} of {n}"
+            viz.plot_images_by_class(samples[keep], label[keep], [str(k) for k in range(10)], 8, ax=ax, title=title)
+            ax.set_ylabel("the judge's reading (count)")
+        guided_by = f", autoguided with w = {weight:g} by the EMA at guide_step" if guide is not None else ""
+        fig.suptitle(f"EMA samples at step {step}{guided_by}, by the class the judge reads")
+        fig.savefig(figure, dpi=100, bbox_inches="tight")
+        print(f"recognised and unrecognised samples: {figure}")
 
 
 @torch.no_grad()

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import datasets, losses, metrics, sampling
-from ._checks import append_dims, check_choice, check_int, check_positive
+from ._checks import append_dims, check_choice, check_int, check_nonnegative, check_positive
+from .guidance import autoguided_score
 from .nets import EMA, UNET_PRESETS, ImageClassifier, UNet, UNetConfig
 from .noise import sigma_max_from_data
 from .sde import VESDE, VPSDE, SubVPSDE, condition_on_std
@@ -77,6 +78,8 @@ class RunConfig:
     sigma_min: float = 0.01  # VE: sigma(t) from sigma_min ...
     sigma_max: float = 50.0  # ... to sigma_max, about the largest distance between two training images
     eps: float = 1e-5  # smallest training time of sde_dsm
+    weighting: str = "sigma2"  # sde_dsm's lambda(t): "sigma2" (DDPM's noise loss), "min_snr" (Hang et al. 2023) or "likelihood"
+    snr_gamma: float = 5.0  # "min_snr" only: times with SNR above this are weighted down to it
     unet: UNetConfig = UNET_PRESETS["tiny"]  # the architecture (a preset name on the command line); channels follow the data
     train: TrainConfig = field(default_factory=lambda: TrainConfig(device="auto"))  # steps, batch, optimiser, checkpoints, device
     ema_decay: float = 0.999  # samples come from this exponential moving average of the weights
@@ -86,6 +89,7 @@ class RunConfig:
     classifier: str | None = None  # checkpoint of `scorelab classifier`: log classifier-FID of EMA samples to log.jsonl
     fid_every: int = 0  # steps between classifier-FID measurements (0: every sample_every steps); checked at log_every steps
     fid_samples: int = 500  # EMA samples per measurement, compared with the holdout images
+    guide_step: int = 0  # also keep the EMA weights at this step in guide.pt, the worse model `sample --guide` uses (0: none)
 
     def __post_init__(self):
         check_choice("dataset", self.dataset, DATASETS)
@@ -98,12 +102,15 @@ class RunConfig:
             raise ValueError(f"shape_weights must be {len(datasets.SHAPES)} weights >= 0 for {datasets.SHAPES}, got {self.shape_weights}")
         check_int("n_images", self.n_images, minimum=1)
         check_positive("eps", self.eps, allow_tensor=False)
+        check_choice("weighting", self.weighting, losses.SDE_WEIGHTINGS)
+        check_positive("snr_gamma", self.snr_gamma, allow_tensor=False)
         check_positive("ema_decay", self.ema_decay, allow_tensor=False)
         check_int("sample_every", self.sample_every, minimum=0)
         check_int("n_samples", self.n_samples, minimum=1)
         check_int("sample_steps", self.sample_steps, minimum=1)
         check_int("fid_every", self.fid_every, minimum=0)
         check_int("fid_samples", self.fid_samples, minimum=2)
+        check_int("guide_step", self.guide_step, minimum=0)
         if self.classifier is not None and self.holdout < 2:
             raise ValueError(f"classifier-FID compares samples with the holdout images: holdout must be >= 2, got {self.holdout}")
 
@@ -132,13 +139,24 @@ def _mnist_cpu_config() -> RunConfig:
     2300 steps of 64 images fill about nine minutes at the ~270 images/s of a quiet 2-core machine; tried and not
     kept (judged by `bench/mnist_cpu.py`'s classifier): width 24 or 32 (2-3x slower per image), a cosine learning
     rate decay (0.71 recognised at step 1800 vs 0.69-0.79 without), 200 sampler steps instead of 100 (0.75 vs 0.79);
-    more (wider 7x7 level, log-SNR sampling of t, EDM's noise conditioning, longer EMAs, clipping x0) and where the
-    digits are lost (between t = 0.2 and 0.5, `bench/mnist_cpu.py`) in the README's "MNIST on a laptop CPU"."""
+    more (wider 7x7 level, log-SNR sampling of t, EDM's noise conditioning, longer EMAs, clipping x0, batch 32 or
+    128, a deeper net, Min-SNR weighting) and where the digits are lost (between t = 0.2 and 0.5,
+    `bench/mnist_cpu.py`) in the README's "MNIST on a laptop CPU". None of them lifts the recognised share above
+    about 0.79; autoguidance does (Karras et al. 2024): `guide_step=575` keeps the EMA at a quarter of the run in
+    guide.pt, and `scorelab sample --guide RUN/guide.pt` steers the final model away from that worse one."""
     train = TrainConfig(
         n_steps=2300, batch_size=64, lr=2e-3, warmup_steps=100, grad_clip=1.0, checkpoint_every=200, log_every=25, device="auto"
     )
     return RunConfig(
-        dataset="mnist", split="test", sde="vp", train=train, ema_decay=0.999, sample_every=300, n_samples=64, sample_steps=100
+        dataset="mnist",
+        split="test",
+        sde="vp",
+        train=train,
+        ema_decay=0.999,
+        sample_every=300,
+        n_samples=64,
+        sample_steps=100,
+        guide_step=575,
     )
 
 
@@ -290,12 +308,18 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def draw_samples(model: UNet, config: RunConfig, shape, device, *, sampler: str = "pc", generator=0, **options):
+def draw_samples(
+    model: UNet, config: RunConfig, shape, device, *, sampler: str = "pc", generator=0, guide: UNet | None = None,
+    guidance: float = 2.0, **options
+):  # fmt: skip
     """Images of `shape` `(n, C, H, W)` from `model` by `pc_sample` (`n_steps` defaults to the run's `sample_steps`)
     or `ode_sample`; `(images, nfe or None)`. `generator` (a seed or a `torch.Generator` on `device`) draws the start
-    and then the sampler's noise."""
+    and then the sampler's noise. With a `guide` (a worse version of `model`, e.g. the run's guide.pt), the score is
+    `guidance.autoguided_score` with weight `guidance` (two network evaluations per score)."""
     sde = SDES[config.sde](config)
     score = condition_on_std(model, sde)
+    if guide is not None:
+        score = autoguided_score(score, condition_on_std(guide, sde), guidance)
     generator = generator if isinstance(generator, torch.Generator) else torch.Generator(device).manual_seed(generator)
     x_T = sde.prior_sample(tuple(shape), generator=generator, device=device)
     if sampler == "ode":
@@ -391,7 +415,9 @@ def train_command(args) -> Path:
     data = _flipped_batches(images.to(device)) if config.random_flip else images
 
     def loss_fn(net, batch, generator):  # per pixel, as DDPM's loss, so grad_clip=1.0 clips spikes, not every step
-        return losses.sde_dsm(condition_on_std(net, sde), batch, sde, eps=config.eps, generator=generator) / n_pixels
+        score = condition_on_std(net, sde)
+        loss = losses.sde_dsm(score, batch, sde, config.weighting, config.eps, generator, snr_gamma=config.snr_gamma)
+        return loss / n_pixels
 
     metadata = {
         "run": asdict(config),
@@ -413,6 +439,11 @@ def train_command(args) -> Path:
         path = out / "samples" / f"step_{step:07d}.png"
         save_image_grid(images, path)
         return path
+
+    def save_guide(step: int) -> None:  # the EMA weights at guide_step (the next read-out at or after it)
+        state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "ema": ema.state_dict(),
+                 "metadata": {**metadata, "step": step, "guide_of": str(checkpoint)}}  # fmt: skip
+        save_checkpoint(state, out / "guide.pt")
 
     # every rank reads the classifier, so a bad path stops all of them before training; only rank 0 measures
     judge = load_classifier(config.classifier, device)[0] if config.classifier else None
@@ -451,13 +482,35 @@ def train_command(args) -> Path:
         if config.sample_every and step // config.sample_every > log["sampled"]:
             log["sampled"] = step // config.sample_every
             write_grid(step)
+        if config.guide_step and step - done < config.guide_step <= step:  # the read-out at or just after guide_step
+            save_guide(step)
         log["time"], log["step"] = time.perf_counter(), step
 
     fit(model, loss_fn, data, config.train, ema=ema, checkpoint=checkpoint, callback=on_log, metadata=metadata)
     if rank == 0:
         grid = write_grid(config.train.n_steps)
         print(f"checkpoint: {checkpoint}\nsamples: {grid}\nlog: {out / 'log.jsonl'}")
+        if config.guide_step and (out / "guide.pt").exists():
+            kept = load_checkpoint(out / "guide.pt")["metadata"]["step"]
+            print(f"guide for `scorelab sample --guide`: {out / 'guide.pt'} (the EMA weights at step {kept})")
+        elif config.guide_step:
+            print(f"no guide.pt: the run ended before guide_step {config.guide_step}")
     return checkpoint
+
+
+def load_model(path, weights: str = "ema", device="cpu") -> tuple[UNet, RunConfig, dict]:
+    """(the network in eval mode on `device`, its run's configuration, the file's metadata: `image_shape`, `data`,
+    ...) from a checkpoint or guide written by `scorelab train`; `weights` "ema" (the average, when the file has
+    one) or "model" (the raw weights)."""
+    state = load_checkpoint(path)
+    config = run_config_from(state, path)
+    image_shape = tuple(state["metadata"]["image_shape"])
+    model = build_model(config, image_shape[0])
+    try:
+        model.load_state_dict(state["ema"]["module"] if weights == "ema" and state.get("ema") else state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not fit the stored configuration ({str(err).splitlines()[0]})") from None
+    return model.to(device).eval(), config, state["metadata"]
 
 
 def sample_command(args) -> Path:
@@ -466,18 +519,18 @@ def sample_command(args) -> Path:
     check_int("--grid", args.grid, minimum=1)
     if args.steps is not None:
         check_int("--steps", args.steps, minimum=1)
-    state = load_checkpoint(args.ckpt)
-    config = run_config_from(state, args.ckpt)
+    if args.guidance is not None and args.guide is None:
+        raise ValueError("--guidance is the weight of --guide: pass --guide (a run's guide.pt) too")
     device = resolve_device(args.device)
-    image_shape = tuple(state["metadata"]["image_shape"])
-    model = build_model(config, image_shape[0])
-    weights = state["ema"]["module"] if args.weights == "ema" and state.get("ema") else state["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"{args.ckpt}: the weights do not fit the stored configuration ({str(err).splitlines()[0]})") from None
-    model.to(device).eval()
+    model, config, metadata = load_model(args.ckpt, args.weights, device)
+    image_shape = tuple(metadata["image_shape"])
     options = {"n_steps": args.steps} if args.steps else {}  # default: the run's sample_steps, or adaptive dopri5
+    if args.guide is not None:
+        guide, _, guide_metadata = load_model(args.guide, args.weights, device)
+        guide_shape = tuple(guide_metadata["image_shape"])
+        if guide_shape != image_shape:
+            raise ValueError(f"--guide {args.guide} makes images of shape {guide_shape}, the model {image_shape}")
+        options.update(guide=guide, guidance=check_nonnegative("--guidance", 2.0 if args.guidance is None else args.guidance))
     if args.sampler == "pc":
         options.update(predictor=_none(args.predictor), corrector=_none(args.corrector), snr=args.snr)
     elif args.steps:
@@ -488,7 +541,7 @@ def sample_command(args) -> Path:
             raise ValueError("--inpaint needs --sampler pc (the probability-flow ODE has no inpainting form here)")
         if not config.holdout:
             raise ValueError("--inpaint fills in the run's holdout images, and this run was trained with holdout=0")
-        pixels, _ = load_images(config, args.data or state["metadata"].get("data"), download=args.download)
+        pixels, _ = load_images(config, args.data or metadata.get("data"), download=args.download)
         originals = datasets.to_model_range(pixels[len(pixels) - config.holdout :][: args.n]).to(device)
         mask = torch.zeros_like(originals, dtype=torch.bool)
         mask[:, :, : originals.shape[2] // 2] = True  # the upper half is known, the lower half is filled in
@@ -622,6 +675,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="dataset folder, for --inpaint (default: the one the run was trained on)")
     s.add_argument("--download", action="store_true", help="fetch missing dataset files into --data (needs torchvision)")
     s.add_argument("--weights", choices=("ema", "model"), default="ema", help="the EMA average (default) or the raw weights")
+    s.add_argument("--guide", help="a worse version of the model (the guide.pt of a run with guide_step): autoguidance")
+    s.add_argument("--guidance", type=float, help="autoguidance weight w with --guide (default 2.0; 1 is no guidance)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     return p

@@ -139,6 +139,21 @@ def cfg_score(cond_score: Callable, uncond_score: Callable, scale: float) -> Cal
     return guided
 
 
+def autoguided_score(score: Callable, guide_score: Callable, weight: float) -> Callable:
+    r"""s_guide(x, t) + w [s(x, t) - s_guide(x, t)]: autoguidance (Karras et al. 2024, "Guiding a diffusion model
+    with a bad version of itself"), their Eq. 1 in scores.
+
+    `guide_score` is a worse version of the same model (smaller, or trained for fewer steps, as `scorelab train`'s
+    `guide_step` keeps): where the two disagree, the good model's error is the smaller, so the combination with
+    w > 1 extrapolates away from the errors both make, and draws fewer of the unlikely, in-between samples an
+    underfit model makes, with no classes or labels. w = 1 is `score` itself, w = 0 the guide. The algebra is
+    `cfg_score`'s, with the guide in the place of the unconditional score."""
+    check_callable("score", score)
+    check_callable("guide_score", guide_score)
+    weight = check_nonnegative("weight", weight, " (the autoguidance weight w; 1 is no guidance)")
+    return cfg_score(score, guide_score, weight)
+
+
 def with_label(score: Callable, y) -> Callable:
     """`(x, t) -> score(x, t, y)`: a label-conditional score with its label bound (`NULL_LABEL` for "no label")."""
     check_callable("score", score)

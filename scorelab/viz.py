@@ -280,7 +280,7 @@ def plot_images_by_class(images: torch.Tensor, labels: torch.Tensor, class_names
     check_int("n_per_class", n_per_class, minimum=1)
     if not isinstance(labels, torch.Tensor) or labels.shape != images.shape[:1]:
         raise ValueError(f"labels must be a tensor of one label per image ({len(images)},), got {getattr(labels, 'shape', labels)}")
-    blank = torch.full_like(images[0], 128 if images.dtype == torch.uint8 else 0)  # grey like the gaps: no image
+    blank = torch.full(images.shape[1:], 128 if images.dtype == torch.uint8 else 0, dtype=images.dtype)  # grey like the gaps: no image
     rows = []
     for k in range(len(class_names)):
         chosen = list(images[labels.cpu() == k][:n_per_class])

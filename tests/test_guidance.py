@@ -92,6 +92,33 @@ def test_cfg_at_scale_one_is_the_conditional_score_and_interpolates_linearly():
     torch.testing.assert_close(guidance.cfg_score(cond, uncond, 1 + w)(x, t), -eps_guided / sigma)
 
 
+def test_autoguidance_extrapolates_from_the_worse_score():
+    # good model: data N(0, 1); its worse version: N(0, 1.5^2) (too wide, as an underfit model is). Under the VP SDE
+    # both marginals stay Gaussian, so the guided score is that of a Gaussian of precision w / v_good + (1 - w) / v_bad
+    vp = sl.VPSDE()
+    x, t = _points(), torch.rand(64, dtype=torch.float64) * 0.98 + 0.01
+
+    def marginal_var(var, t):  # of data N(0, var) at time t
+        mean_scale, std = vp.marginal_coeffs(t)
+        return (mean_scale**2 * var + std**2)[:, None]
+
+    good, bad = (lambda x, t: -x / marginal_var(1.0, t)), (lambda x, t: -x / marginal_var(2.25, t))
+    v_good, v_bad = marginal_var(1.0, t), marginal_var(2.25, t)
+    for w in (0.0, 1.0, 2.0, 3.5):
+        expected = -x * (w / v_good + (1 - w) / v_bad)
+        torch.testing.assert_close(guidance.autoguided_score(good, bad, w)(x, t), expected)
+    assert torch.equal(guidance.autoguided_score(good, bad, 1.0)(x, t), good(x, t))
+    # w > 1 sharpens beyond the good model: at t -> 0 the precision 2 - 1 / 2.25 exceeds the data's 1
+    tiny = torch.full((64,), 1e-4, dtype=torch.float64)
+    ratio = guidance.autoguided_score(good, bad, 2.0)(x, tiny) / (-x)
+    torch.testing.assert_close(ratio, torch.full_like(x, 2 - 1 / 2.25), rtol=1e-3, atol=0)
+    for bad_weight in (-1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="weight"):
+            guidance.autoguided_score(good, bad, bad_weight)
+    with pytest.raises(TypeError, match="guide_score"):
+        guidance.autoguided_score(good, None, 2.0)
+
+
 def test_label_dropout_rate_and_cfg_loss_trains_both_heads():
     labels = torch.zeros(20_000, dtype=torch.long)
     dropped = guidance.drop_labels(labels, 0.3, generator=0)

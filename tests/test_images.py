@@ -437,7 +437,8 @@ def documented_commands() -> dict[str, list[list[str]]]:
 
 
 def shrunk(argv: list[str], data: dict[str, str]) -> list[str]:
-    """A documented command with tiny sizes: the same command and options, only fewer steps and images."""
+    """A documented command with tiny sizes: the same command and options, only fewer steps and images (and a run's
+    guide, for `sample --guide`, kept at step 1 of its 2)."""
     argv = argv[argv.index("scorelab") + 1 :] if argv[0] == "torchrun" else argv[1:]  # torchrun: its own test below
     argv = [data.get(a, a) for a in argv]
     for flag in ("--steps", "--n", "--batch-size"):
@@ -447,7 +448,8 @@ def shrunk(argv: list[str], data: dict[str, str]) -> list[str]:
                 del argv[i : i + 2]
     if argv[0] == "train":
         steps = "3" if "--resume" in argv else "2"
-        return [*argv, "--steps", steps, "--batch-size", "4", *TINY_RUN, *(["n_images=40"] if "shapes-vp" in argv else [])]
+        extra = (["n_images=40"] if "shapes-vp" in argv else []) + (["guide_step=1"] if "mnist-cpu" in argv else [])
+        return [*argv, "--steps", steps, "--batch-size", "4", *TINY_RUN, *extra]
     if argv[0] == "classifier":
         return [*argv, "--steps", "2", "--batch-size", "4"]
     return [*argv, "--n", "10", "--batch-size", "4"] if "--n" not in argv else argv
@@ -566,6 +568,36 @@ def test_sampling_in_batches_is_reproducible(tmp_path, capsys):
     assert a.shape == (5, 1, 16, 16) and np.array_equal(a, b) and not np.array_equal(a, c)
     assert len({a[i].tobytes() for i in range(5)}) == 5  # every batch has its own noise
     assert "5 samples (pc), the first 5" in capsys.readouterr().out
+
+
+def test_guide_step_keeps_the_earlier_ema_and_sample_guides_with_it(tmp_path, capsys):
+    """guide.pt holds the EMA weights of step guide_step (the same as a run stopped there); `sample --guide` with
+    weight 1 gives exactly the unguided images, with weight 2 others; bad combinations are one clear line."""
+    run = ["train", "--config", "shapes-vp", "--batch-size", "2", "n_images=8", "log_every=1", *TINY_RUN]
+    assert cli.main([*run, "--out", str(tmp_path / "run"), "--steps", "4", "guide_step=2"]) == 0
+    assert "guide for `scorelab sample --guide`" in capsys.readouterr().out
+    assert cli.main([*run, "--out", str(tmp_path / "short"), "--steps", "2"]) == 0
+    guide = load_checkpoint(tmp_path / "run" / "guide.pt")
+    short, final = load_checkpoint(tmp_path / "short" / "checkpoint.pt"), load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert guide["metadata"]["step"] == 2 and guide["ema"]["n_updates"] == 2
+    for key, value in short["ema"]["module"].items():
+        torch.testing.assert_close(guide["ema"]["module"][key], value, rtol=0, atol=0)
+    assert any(not torch.equal(guide["ema"]["module"][k], v) for k, v in final["ema"]["module"].items())
+    ckpt, guide_path = str(tmp_path / "run" / "checkpoint.pt"), str(tmp_path / "run" / "guide.pt")
+
+    def sample(name, *extra):
+        argv = ["sample", "--ckpt", ckpt, "--n", "3", "--steps", "3", "--out", str(tmp_path / f"{name}.png")]
+        assert cli.main([*argv, "--npz", str(tmp_path / f"{name}.npz"), *extra]) == 0, capsys.readouterr().err
+        return np.load(tmp_path / f"{name}.npz")["images"]
+
+    plain, one, two = sample("plain"), sample("one", "--guide", guide_path, "--guidance", "1"), sample("two", "--guide", guide_path)
+    assert np.array_equal(plain, one) and not np.array_equal(plain, two)
+    assert cli.main(["sample", "--ckpt", ckpt, "--guidance", "2", "--out", str(tmp_path / "x.png")]) == 2
+    assert "pass --guide" in capsys.readouterr().err
+    assert cli.main(["sample", "--ckpt", ckpt, "--guide", guide_path, "--guidance", "-1", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--guidance must be" in capsys.readouterr().err
+    assert cli.main([*run, "--out", str(tmp_path / "none"), "--steps", "1", "guide_step=5"]) == 0
+    assert "no guide.pt: the run ended before guide_step 5" in capsys.readouterr().out
 
 
 def test_random_flips_mirror_half_the_batch():
