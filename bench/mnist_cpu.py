@@ -1,6 +1,6 @@
 """MNIST on a laptop CPU: the `mnist-cpu` preset's curve of training minutes against sample quality, from one run.
 
-    python bench/mnist_cpu.py --data ../shared/data/mnist            # ~20 min on 2 cores: judge, training, curve
+    python bench/mnist_cpu.py --data ../shared/data/mnist            # ~40 min on 2 cores (half of it judging)
     python bench/mnist_cpu.py --data DIR --every 450 --out runs/bench-mnist-cpu lr=3e-3
     python bench/mnist_cpu.py --data DIR --out runs/bench-mnist-cpu-seed1 seed=1     # another training seed
 
@@ -17,7 +17,9 @@ What it does, with the command line a user has:
    share (digits neither model trained on); `--samples` training digits' classifier-FID is printed too, but it is
    no null (the judge trained on those digits), so the FID column is a trend;
 4. the last checkpoint judged again on `--final-samples` EMA samples (1024 by default: a binomial SE of about
-   0.013, where a 256-sample judgement's ± 0.03 cannot resolve a few points either side of the goal);
+   0.013, where a 256-sample judgement's ± 0.03 cannot resolve a few points either side of the goal), with a figure
+   of what the judge recognises and what not (judged.png), then the same starting draws autoguided by the run's
+   guide.pt (its EMA at step 575) at each `--guidance` weight (judged-autoguided-W.png; twice the sampling time);
 5. where the digits are lost: held-out digits noised to t0 and carried back by the model's reverse SDE (SDEdit), for
    t0 from 0.2 to T: the confident share, and the share still read as the digit it started from.
 Goal (issue 24): >= 80 % of samples recognised with confidence >= 0.9 within 10 minutes of training on 2 cores.
