@@ -431,6 +431,8 @@ def train_command(args) -> Path:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
         _keep_log_until(out / "log.jsonl", done)
+    if rank == 0 and not args.resume:
+        (out / "guide.pt").unlink(missing_ok=True)  # a fresh run's guide is its own, never a stale file of another run
     fid_every = config.fid_every or config.sample_every
     log = {"time": time.perf_counter(), "step": None, "sampled": done // max(config.sample_every, 1), "measured": done // max(fid_every, 1)}
 
@@ -494,7 +496,7 @@ def train_command(args) -> Path:
             kept = load_checkpoint(out / "guide.pt")["metadata"]["step"]
             print(f"guide for `scorelab sample --guide`: {out / 'guide.pt'} (the EMA weights at step {kept})")
         elif config.guide_step:
-            print(f"no guide.pt: the run ended before guide_step {config.guide_step}")
+            print(f"no guide.pt: no read-out of this run reached guide_step {config.guide_step} (it ended before, or resumed after it)")
     return checkpoint
 
 
@@ -526,10 +528,16 @@ def sample_command(args) -> Path:
     image_shape = tuple(metadata["image_shape"])
     options = {"n_steps": args.steps} if args.steps else {}  # default: the run's sample_steps, or adaptive dopri5
     if args.guide is not None:
-        guide, _, guide_metadata = load_model(args.guide, args.weights, device)
+        guide, guide_config, guide_metadata = load_model(args.guide, args.weights, device)
         guide_shape = tuple(guide_metadata["image_shape"])
         if guide_shape != image_shape:
             raise ValueError(f"--guide {args.guide} makes images of shape {guide_shape}, the model {image_shape}")
+        keys = ("sde", "beta_min", "beta_max", "sigma_min", "sigma_max")  # the guide's scores must be of the same SDE
+        differ = [
+            f"{k}: {getattr(guide_config, k)!r} vs {getattr(config, k)!r}" for k in keys if getattr(guide_config, k) != getattr(config, k)
+        ]
+        if differ:
+            raise ValueError(f"--guide {args.guide} was trained with another SDE than --ckpt ({'; '.join(differ)})")
         options.update(guide=guide, guidance=check_nonnegative("--guidance", 2.0 if args.guidance is None else args.guidance))
     if args.sampler == "pc":
         options.update(predictor=_none(args.predictor), corrector=_none(args.corrector), snr=args.snr)
@@ -564,6 +572,7 @@ def sample_command(args) -> Path:
     if args.npz:
         np.savez_compressed(args.npz, images=datasets.to_pixels(images).numpy(), seed=args.seed, sampler=args.sampler)
     cost = f", {nfe / len(sizes):.0f} score evaluations a batch" if args.sampler == "ode" else ""
+    cost += ", each two network evaluations (autoguidance)" if cost and args.guide else ""
     saved = f"; all {args.n} as uint8 pixels -> {args.npz}" if args.npz else ""
     print(f"{args.n} samples ({args.sampler}{cost}), the first {min(args.grid, args.n)} -> {args.out}{saved}")
     return Path(args.out)

@@ -597,7 +597,12 @@ def test_guide_step_keeps_the_earlier_ema_and_sample_guides_with_it(tmp_path, ca
     assert cli.main(["sample", "--ckpt", ckpt, "--guide", guide_path, "--guidance", "-1", "--out", str(tmp_path / "x.png")]) == 2
     assert "--guidance must be" in capsys.readouterr().err
     assert cli.main([*run, "--out", str(tmp_path / "none"), "--steps", "1", "guide_step=5"]) == 0
-    assert "no guide.pt: the run ended before guide_step 5" in capsys.readouterr().out
+    assert "no guide.pt: no read-out of this run reached guide_step 5" in capsys.readouterr().out
+    other = tmp_path / "ve"  # a guide of another SDE gives scores of another process: refused
+    assert cli.main(["train", "--config", "shapes-ve", "--out", str(other), "--steps", "2", "--batch-size", "2", "n_images=8",
+                     "guide_step=1", *TINY_RUN]) == 0  # fmt: skip
+    assert cli.main(["sample", "--ckpt", ckpt, "--guide", str(other / "guide.pt"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "another SDE" in capsys.readouterr().err
 
 
 def test_random_flips_mirror_half_the_batch():
