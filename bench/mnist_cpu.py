@@ -36,6 +36,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
 from scorelab import cli, datasets, metrics, sampling, viz
@@ -136,9 +137,9 @@ def judge_last(ema, held: torch.Tensor, classifier, n: int, batch: int = 256, fi
     r = metrics.classifier_fid(held, samples, classifier)
     share = r.confident_fraction
     histogram = " ".join(f"{v:.2f}" for v in r.class_histogram)
-    how = f"autoguided (w = {weight:g}) " if guide is not None else ""
+    how = f" autoguided (w = {weight:g})" if guide is not None else ""
     print(
-        f"last checkpoint (step {step}) on {n} {how}EMA samples: confident >= 0.9 {share:.3f} "
+        f"last checkpoint (step {step}) on {n}{how} EMA samples: confident >= 0.9 {share:.3f} "
         f"± {math.sqrt(share * (1 - share) / n):.3f} (binomial SE), classifier-FID {r.fid:.2f}, classes {histogram}"
     )
     if figure is not None:
@@ -148,9 +149,9 @@ def judge_last(ema, held: torch.Tensor, classifier, n: int, batch: int = 256, fi
             title = f"{name} (confidence {'≥' if name == 'recognised' else '<'} 0.9): {int(keep.sum())} of {n}"
             viz.plot_images_by_class(samples[keep], label[keep], [str(k) for k in range(10)], 8, ax=ax, title=title)
             ax.set_ylabel("the judge's reading (count)")
-        guided_by = f", autoguided with w = {weight:g} by the EMA at guide_step" if guide is not None else ""
-        fig.suptitle(f"EMA samples at step {step}{guided_by}, by the class the judge reads")
+        fig.suptitle(f"EMA samples at step {step}{how}, by the class the judge reads")
         fig.savefig(figure, dpi=100, bbox_inches="tight")
+        plt.close(fig)  # one figure per weight judged: do not keep them all open
         print(f"recognised and unrecognised samples: {figure}")
 
 
